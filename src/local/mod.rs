@@ -1,0 +1,1 @@
+//! Same-host coordination: exactly one primary instance per application and user.
