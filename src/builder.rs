@@ -1,0 +1,376 @@
+//! Building a [`Chart`].
+//!
+//! **Owns:** every choice a user makes before discovery starts, and the
+//! checks on them. **Must not touch:** sockets (nothing is opened until
+//! [`discovery::maintain`](crate::discovery::maintain) runs).
+//!
+//! The builder is typed by two states: whether an id was chosen and what the
+//! instances carry. Forgetting the id, choosing a payload twice, or asking for
+//! `addr_vec` on a chart of custom messages does not compile; everything the
+//! types cannot catch is a [`BuildError`] from [`ChartBuilder::finish`].
+//!
+//! ```compile_fail
+//! // No id chosen: `finish` does not exist yet.
+//! let chart = cohort::ChartBuilder::new().with_service_port(8042).finish();
+//! ```
+//!
+//! ```compile_fail
+//! // A payload can be chosen only once.
+//! let b = cohort::ChartBuilder::new().with_id(1).with_service_port(1).with_service_port(2);
+//! ```
+
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::chart::{Chart, Message, Ports, Settings};
+use crate::error::BuildError;
+use crate::protocol::Schedule;
+use crate::wire::{self, Id, Kind, MAX_DATAGRAM, MAX_NAMESPACE, Packet};
+
+/// The default discovery port. Not a well-known service port; it is in the
+/// IANA registered range and unassigned.
+pub const DEFAULT_PORT: u16 = 47806;
+
+/// The default multicast group: administratively scoped (RFC 2365,
+/// 239.255.0.0/16), so routers keep it inside the site, and distinct from
+/// mDNS (224.0.0.251).
+pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 47, 86);
+
+/// The default application namespace. Set your own with
+/// [`ChartBuilder::with_namespace`] so other applications never see yours.
+pub const DEFAULT_NAMESPACE: &str = "cohort";
+
+/// Builder state: no id chosen yet.
+#[derive(Debug, Clone, Copy)]
+pub struct NoId;
+
+/// Builder state: the id is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct WithId(Option<Id>);
+
+/// Builder state: no payload chosen yet.
+#[derive(Debug, Clone, Copy)]
+pub struct NoPayload;
+
+/// Configures and creates a [`Chart`].
+///
+/// ```
+/// use cohort::ChartBuilder;
+/// let chart = ChartBuilder::new()
+///     .with_id(7)
+///     .with_service_port(8042)
+///     .with_namespace("my-app")
+///     .local_discovery(true)
+///     .finish()?;
+/// assert_eq!(chart.our_id(), 7);
+/// # Ok::<(), cohort::BuildError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `finish` is called"]
+pub struct ChartBuilder<I = NoId, P = NoPayload> {
+    id: I,
+    payload: P,
+    options: Options,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    port: u16,
+    group: Ipv4Addr,
+    namespace: String,
+    interfaces: Vec<Ipv4Addr>,
+    local_discovery: bool,
+    multicast_ttl: u32,
+    schedule: Schedule,
+}
+
+impl Default for ChartBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChartBuilder {
+    /// A builder with the defaults: port [`DEFAULT_PORT`], group
+    /// [`DEFAULT_GROUP`], namespace [`DEFAULT_NAMESPACE`], the kernel's
+    /// choice of interface, no same-host discovery, multicast TTL 1 (one
+    /// subnet), [`Schedule::default`].
+    pub fn new() -> Self {
+        ChartBuilder {
+            id: NoId,
+            payload: NoPayload,
+            options: Options {
+                port: DEFAULT_PORT,
+                group: DEFAULT_GROUP,
+                namespace: DEFAULT_NAMESPACE.to_owned(),
+                interfaces: Vec::new(),
+                local_discovery: false,
+                multicast_ttl: 1,
+                schedule: Schedule::default(),
+            },
+        }
+    }
+}
+
+impl<P> ChartBuilder<NoId, P> {
+    /// Uses `id` as this instance's id. Ids must be unique in a namespace.
+    pub fn with_id(self, id: Id) -> ChartBuilder<WithId, P> {
+        ChartBuilder {
+            id: WithId(Some(id)),
+            payload: self.payload,
+            options: self.options,
+        }
+    }
+
+    /// Picks a random id from the operating system's generator at `finish`.
+    pub fn with_random_id(self) -> ChartBuilder<WithId, P> {
+        ChartBuilder {
+            id: WithId(None),
+            payload: self.payload,
+            options: self.options,
+        }
+    }
+}
+
+impl<I> ChartBuilder<I, NoPayload> {
+    /// Each instance carries one service port: use
+    /// [`Chart::addr_vec`](crate::Chart::addr_vec).
+    pub fn with_service_port(self, port: u16) -> ChartBuilder<I, u16> {
+        self.custom_msg(port)
+    }
+
+    /// Each instance carries `N` service ports: use
+    /// [`Chart::addr_lists_vec`](crate::Chart::addr_lists_vec) and
+    /// [`Chart::nth_addr_vec`](crate::Chart::nth_addr_vec).
+    pub fn with_service_ports<const N: usize>(self, ports: [u16; N]) -> ChartBuilder<I, Ports<N>> {
+        self.custom_msg(Ports(ports))
+    }
+
+    /// Each instance carries a message of your own type, encoded with
+    /// postcard: read them with [`Chart::get_msg`](crate::Chart::get_msg) and
+    /// [`Chart::entries`](crate::Chart::entries).
+    ///
+    /// ```
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Node { role: String, port: u16 }
+    /// let chart = cohort::ChartBuilder::new()
+    ///     .with_random_id()
+    ///     .custom_msg(Node { role: "worker".into(), port: 9000 })
+    ///     .finish()?;
+    /// # Ok::<(), cohort::BuildError>(())
+    /// ```
+    pub fn custom_msg<M: Message>(self, msg: M) -> ChartBuilder<I, M> {
+        ChartBuilder {
+            id: self.id,
+            payload: msg,
+            options: self.options,
+        }
+    }
+}
+
+impl<I, P> ChartBuilder<I, P> {
+    /// The UDP port announcements go to. Every instance of a cohort must use
+    /// the same one. Default [`DEFAULT_PORT`].
+    pub fn with_discovery_port(mut self, port: u16) -> Self {
+        self.options.port = port;
+        self
+    }
+
+    /// The IPv4 multicast group. Default [`DEFAULT_GROUP`].
+    pub fn with_multicast_group(mut self, group: Ipv4Addr) -> Self {
+        self.options.group = group;
+        self
+    }
+
+    /// The application namespace (at most 64 bytes): instances only see
+    /// instances with the same namespace. Default [`DEFAULT_NAMESPACE`].
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.options.namespace = namespace.into();
+        self
+    }
+
+    /// Whether instances on this host find each other (multicast loopback).
+    /// Default `false`, as in instance-chart.
+    pub fn local_discovery(mut self, on: bool) -> Self {
+        self.options.local_discovery = on;
+        self
+    }
+
+    /// Adds an interface, by its IPv4 address, to join the group on and
+    /// announce from. Call it once per interface. Without it the kernel
+    /// picks the interface from its routing table.
+    pub fn with_interface(mut self, address: Ipv4Addr) -> Self {
+        if !self.options.interfaces.contains(&address) {
+            self.options.interfaces.push(address);
+        }
+        self
+    }
+
+    /// Uses the loopback interface only: only instances on this host are
+    /// found. Needs [`local_discovery(true)`](Self::local_discovery).
+    pub fn loopback_only(mut self) -> Self {
+        self.options.interfaces = vec![Ipv4Addr::LOCALHOST];
+        self
+    }
+
+    /// Multicast TTL: how many routers announcements may cross. Default 1
+    /// (this subnet only).
+    pub fn with_multicast_ttl(mut self, ttl: u32) -> Self {
+        self.options.multicast_ttl = ttl;
+        self
+    }
+
+    /// The announce schedule. Default [`Schedule::default`].
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.options.schedule = schedule;
+        self
+    }
+}
+
+impl<P: Message> ChartBuilder<WithId, P> {
+    /// Checks the configuration and creates the chart. Nothing is opened or
+    /// sent until [`discovery::maintain`](crate::discovery::maintain) runs.
+    ///
+    /// # Errors
+    /// A [`BuildError`] that names the setting to change.
+    pub fn finish(self) -> Result<Chart<P>, BuildError> {
+        let o = self.options;
+        if o.port == 0 {
+            return Err(BuildError::ZeroDiscoveryPort);
+        }
+        if !o.group.is_multicast() {
+            return Err(BuildError::NotMulticast { group: o.group });
+        }
+        if o.namespace.len() > MAX_NAMESPACE {
+            return Err(BuildError::NamespaceTooLong {
+                len: o.namespace.len(),
+            });
+        }
+        let s = o.schedule;
+        if s.first_interval.is_zero() {
+            return Err(BuildError::BadSchedule {
+                reason: "first_interval is zero",
+            });
+        }
+        if s.max_interval < s.first_interval {
+            return Err(BuildError::BadSchedule {
+                reason: "max_interval is shorter than first_interval",
+            });
+        }
+        if s.eager_announcements == 0 {
+            return Err(BuildError::BadSchedule {
+                reason: "eager_announcements is zero, so a newcomer would ask nobody to reply",
+            });
+        }
+        if o.interfaces == [Ipv4Addr::LOCALHOST] && !o.local_discovery {
+            return Err(BuildError::LoopbackWithoutLocalDiscovery);
+        }
+        let payload = postcard::to_allocvec(&self.payload).map_err(BuildError::Encode)?;
+        let size = wire::encode(&Packet {
+            namespace: &o.namespace,
+            sender: u64::MAX,
+            incarnation: u64::MAX,
+            kind: Kind::Announce,
+            want_reply: true,
+            reply_port: u16::MAX,
+            payload: &payload,
+        })
+        .len();
+        if size > MAX_DATAGRAM {
+            return Err(BuildError::PayloadTooLarge { size });
+        }
+        let id = match self.id.0 {
+            Some(id) => id,
+            None => getrandom::u64().map_err(BuildError::Random)?,
+        };
+        let seed = getrandom::u64().map_err(BuildError::Random)?;
+        // Microseconds since the epoch: a restart gets a larger incarnation
+        // unless the clock went backwards by more than the process's lifetime.
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let settings = Settings {
+            id,
+            incarnation,
+            namespace: o.namespace,
+            group: o.group,
+            port: o.port,
+            interfaces: o.interfaces,
+            local_discovery: o.local_discovery,
+            multicast_ttl: o.multicast_ttl,
+            schedule: o.schedule,
+            seed,
+        };
+        Ok(Chart::new(settings, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_unworkable_setting_is_a_build_error_that_names_the_fix() {
+        let b = || ChartBuilder::new().with_id(1).with_service_port(1);
+        let cases: Vec<(BuildError, &str)> = vec![
+            (
+                b().with_discovery_port(0).finish().unwrap_err(),
+                "with_discovery_port",
+            ),
+            (
+                b().with_multicast_group(Ipv4Addr::new(10, 0, 0, 1))
+                    .finish()
+                    .unwrap_err(),
+                "with_multicast_group",
+            ),
+            (
+                b().with_namespace("x".repeat(65)).finish().unwrap_err(),
+                "with_namespace",
+            ),
+            (
+                b().with_schedule(Schedule {
+                    first_interval: Duration::from_secs(2),
+                    max_interval: Duration::from_secs(1),
+                    eager_announcements: 1,
+                })
+                .finish()
+                .unwrap_err(),
+                "with_schedule",
+            ),
+            (
+                b().loopback_only().finish().unwrap_err(),
+                "local_discovery(true)",
+            ),
+            (
+                ChartBuilder::new()
+                    .with_id(1)
+                    .custom_msg(vec![0u8; MAX_DATAGRAM])
+                    .finish()
+                    .unwrap_err(),
+                "custom_msg",
+            ),
+        ];
+        for (error, fix) in cases {
+            assert!(
+                error.to_string().contains(fix),
+                "{error} should mention {fix}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_random_id_differs_between_charts() {
+        let a = ChartBuilder::new()
+            .with_random_id()
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        let b = ChartBuilder::new()
+            .with_random_id()
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        assert_ne!(a.our_id(), b.our_id());
+    }
+}

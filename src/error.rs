@@ -1,0 +1,122 @@
+//! Errors, layered by where they arise.
+//!
+//! **Owns:** the error types users see from the chart: [`BuildError`] (a
+//! configuration to fix before anything runs) and [`DiscoveryError`] (the
+//! driver could not run). Packet-level rejections live beside their
+//! code ([`crate::wire::DecodeError`], [`crate::protocol::Rejected`]): they
+//! never reach the user as errors, only as logs and statistics, because bad
+//! input from the network is expected, not exceptional.
+//! **Must not touch:** anything else; this module only describes failures.
+//!
+//! Every message says what failed and what to do about it.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use crate::wire::{MAX_DATAGRAM, MAX_NAMESPACE};
+
+/// A chart configuration that cannot work. Returned by
+/// [`ChartBuilder::finish`](crate::ChartBuilder::finish); nothing has been
+/// opened or sent when you see it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Port 0 would give every instance a different random port.
+    #[error(
+        "discovery port 0 would give every instance its own random port, so none could find another; pick a fixed port with `with_discovery_port`"
+    )]
+    ZeroDiscoveryPort,
+    /// The group address is not an IPv4 multicast address.
+    #[error(
+        "{group} is not an IPv4 multicast address; pick one in the administratively scoped range 239.255.0.0/16 with `with_multicast_group`"
+    )]
+    NotMulticast {
+        /// The address given.
+        group: Ipv4Addr,
+    },
+    /// The namespace is longer than the wire format carries.
+    #[error(
+        "namespace of {len} bytes is longer than the {MAX_NAMESPACE}-byte maximum; use a shorter `with_namespace`"
+    )]
+    NamespaceTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The announce schedule cannot be followed.
+    #[error(
+        "announce schedule is invalid: {reason}; fix it in `with_schedule` or use `Schedule::default()`"
+    )]
+    BadSchedule {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The payload does not fit in one datagram.
+    #[error(
+        "the payload makes a {size}-byte announcement, over the {MAX_DATAGRAM}-byte maximum; send less in `custom_msg` (under about 1,200 bytes avoids IP fragmentation)"
+    )]
+    PayloadTooLarge {
+        /// Size of the announcement it makes.
+        size: usize,
+    },
+    /// The payload could not be encoded.
+    #[error("the payload could not be encoded with postcard; check its `Serialize` implementation")]
+    Encode(#[source] postcard::Error),
+    /// Loopback only, but same-host discovery is off: nobody could be found.
+    #[error(
+        "`loopback_only()` with `local_discovery(false)` can find nobody: enable `local_discovery(true)` or choose another interface"
+    )]
+    LoopbackWithoutLocalDiscovery,
+    /// The operating system's random number generator failed.
+    #[error(
+        "the operating system's random number generator failed, so no random id or seed could be chosen; set an id with `with_id`"
+    )]
+    Random(#[source] getrandom::Error),
+}
+
+/// Why [`discovery::maintain`](crate::discovery::maintain) or
+/// [`discovery::sniff`](crate::discovery::sniff) stopped.
+///
+/// Transient socket errors never end up here: they are logged with
+/// `tracing` and survived. These are the errors that leave nothing to retry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// Another process holds the discovery port without `SO_REUSEPORT`.
+    #[error(
+        "discovery port {port} is in use by a process without SO_REUSEPORT; pick another with `with_discovery_port`"
+    )]
+    PortInUse {
+        /// The discovery port.
+        port: u16,
+        /// The bind error.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket could not be created or configured.
+    #[error("could not set up the {what} socket: {source}")]
+    Socket {
+        /// Which socket and step.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The multicast group could not be joined on an interface.
+    #[error(
+        "could not join multicast group {group} on interface {interface}; check that the interface is up and has a multicast route, or choose one with `with_interface` / `loopback_only()`"
+    )]
+    JoinGroup {
+        /// The group.
+        group: Ipv4Addr,
+        /// The interface address (0.0.0.0 means "the kernel's choice").
+        interface: Ipv4Addr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// `maintain` or `sniff` is already running for this chart.
+    #[error(
+        "discovery is already running for this chart; run one `maintain` or `sniff` per chart (clone the chart to share it)"
+    )]
+    AlreadyRunning,
+}

@@ -1,0 +1,341 @@
+//! Sockets and the tokio driver.
+//!
+//! **Owns:** every socket cohort opens, their options, and the loop that
+//! moves datagrams between the sockets and the [`Protocol`]. **Must not
+//! touch:** discovery rules (they live in [`crate::protocol`]) or the chart's
+//! map (it changes only through [`Chart::apply`]).
+//!
+//! # Two sockets per instance
+//!
+//! - The **group socket** is bound to the discovery port with `SO_REUSEADDR`
+//!   and `SO_REUSEPORT`, so any number of instances on one host can share the
+//!   port, and joins the multicast group. It only receives: the kernel hands
+//!   a copy of every multicast datagram to each socket that joined.
+//! - The **unicast socket** is bound to an ephemeral port of its own. It sends
+//!   everything (announcements to the group, replies to peers) and receives the
+//!   replies addressed to this instance. Its port travels in every packet as
+//!   the reply port.
+//!
+//! Why not reply to the discovery port? With several instances sharing it
+//! through `SO_REUSEPORT`, a *unicast* datagram to the shared port is handed
+//! to just one of them, chosen by a hash of the source address, and usually
+//! not the one it was meant for: instance-chart's bug. A port per instance
+//! makes every reply reach its addressee.
+//!
+//! # The run loop
+//!
+//! ```text
+//! loop {
+//!     send every queued transmit          (poll_transmit)
+//!     apply every event to the chart      (poll_event)
+//!     wait for the first of:
+//!         a datagram on either socket  -> handle_datagram
+//!         the protocol's timer         -> handle_timeout
+//!         a command from the chart     -> forget / shutdown
+//! }
+//! ```
+//!
+//! Between announcements the task sleeps in the kernel: no polling loop, no
+//! CPU. A receive or send error is logged and survived; repeated receive
+//! errors back off so a broken socket cannot spin a core. When the driver is
+//! dropped without a shutdown it still says goodbye, with one non-blocking
+//! send from its destructor.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol as IpProto, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::chart::{Chart, Command, Message};
+use crate::error::DiscoveryError;
+use crate::protocol::{Config, Destination, Mode, Protocol, Transmit};
+use crate::wire::MAX_DATAGRAM;
+
+/// Receive buffer asked of the kernel for each socket: room for a burst of
+/// replies from hundreds of peers answering one newcomer at once.
+const RECV_BUFFER: usize = 1 << 20;
+
+/// Runs discovery for `chart` until shutdown or an unrecoverable error.
+pub(crate) async fn run<M: Message>(chart: Chart<M>, mode: Mode) -> Result<(), DiscoveryError> {
+    if chart.shared.running.swap(true, Ordering::AcqRel) {
+        return Err(DiscoveryError::AlreadyRunning);
+    }
+    let _running = RunningGuard(&chart);
+    let settings = &chart.shared.settings;
+    let group = SocketAddrV4::new(settings.group, settings.port);
+    let group_socket = open_group_socket(settings.group, settings.port, &settings.interfaces)?;
+    let unicast = open_unicast_socket(
+        &settings.interfaces,
+        settings.local_discovery,
+        settings.multicast_ttl,
+    )?;
+    let reply_port = unicast
+        .local_addr()
+        .map_err(|source| DiscoveryError::Socket {
+            what: "unicast (local address)",
+            source,
+        })?
+        .port();
+    let config = Config {
+        id: settings.id,
+        incarnation: settings.incarnation,
+        namespace: settings.namespace.clone(),
+        payload: chart.our_payload(),
+        schedule: settings.schedule,
+        seed: settings.seed,
+        mode,
+        reply_port,
+    };
+    tracing::debug!(id = settings.id, %group, reply_port, ?mode, "discovery starting");
+    let mut driver = Driver {
+        protocol: Protocol::new(config, Instant::now().into_std()),
+        unicast,
+        group,
+        interfaces: settings.interfaces.clone(),
+        said_goodbye: false,
+    };
+    driver.run(&chart, &group_socket).await
+}
+
+/// Clears the chart's "running" flag however the driver ends.
+struct RunningGuard<'a, M>(&'a Chart<M>);
+
+impl<M> Drop for RunningGuard<'_, M> {
+    fn drop(&mut self) {
+        self.0.shared.running.store(false, Ordering::Release);
+    }
+}
+
+struct Driver {
+    protocol: Protocol,
+    unicast: UdpSocket,
+    group: SocketAddrV4,
+    interfaces: Vec<Ipv4Addr>,
+    said_goodbye: bool,
+}
+
+impl Driver {
+    async fn run<M: Message>(
+        &mut self,
+        chart: &Chart<M>,
+        group_socket: &UdpSocket,
+    ) -> Result<(), DiscoveryError> {
+        // One byte more than the largest valid datagram, so an oversize one
+        // is seen as oversize instead of silently truncated to a valid size.
+        let mut group_buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut unicast_buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut failures = 0u32;
+        loop {
+            self.flush().await;
+            while let Some(event) = self.protocol.poll_event() {
+                if !chart.apply(event) {
+                    tracing::warn!(
+                        "a peer's message does not decode as this chart's message type; is it another version of the application?"
+                    );
+                }
+            }
+            for command in chart.take_commands() {
+                match command {
+                    Command::Forget(id) => {
+                        self.protocol.forget(id);
+                    }
+                    Command::Shutdown => {
+                        self.protocol.close();
+                        self.flush().await;
+                        self.said_goodbye = true;
+                        tracing::debug!("discovery shut down");
+                        return Ok(());
+                    }
+                }
+            }
+            let timeout = self.protocol.poll_timeout().map(Instant::from_std);
+            let received = tokio::select! {
+                r = group_socket.recv_from(&mut group_buf) => r.map(|(n, from)| (n, from, true)),
+                r = self.unicast.recv_from(&mut unicast_buf) => r.map(|(n, from)| (n, from, false)),
+                () = chart.shared.wake.notified() => continue,
+                () = sleep_until_opt(timeout) => {
+                    self.protocol.handle_timeout(Instant::now().into_std());
+                    continue;
+                }
+            };
+            match received {
+                Ok((len, from, on_group)) => {
+                    failures = 0;
+                    let buf = if on_group { &group_buf } else { &unicast_buf };
+                    let now = Instant::now().into_std();
+                    if let Err(rejected) = self.protocol.handle_datagram(now, from, &buf[..len]) {
+                        tracing::debug!(%from, %rejected, "datagram dropped");
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(10 << failures.min(7));
+                    tracing::warn!(%error, ?pause, "receiving a datagram failed; retrying");
+                    sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(Transmit {
+            destination,
+            contents,
+        }) = self.protocol.poll_transmit()
+        {
+            match destination {
+                Destination::Unicast(to) => {
+                    if let Err(error) = self.unicast.send_to(&contents, to).await {
+                        tracing::warn!(%to, %error, "sending a reply failed");
+                    }
+                }
+                Destination::Group => self.send_to_group(&contents).await,
+            }
+        }
+    }
+
+    /// Sends to the group once per configured interface (or once through
+    /// the kernel's choice when none is configured).
+    async fn send_to_group(&self, contents: &[u8]) {
+        if self.interfaces.len() <= 1 {
+            if let Err(error) = self.unicast.send_to(contents, self.group).await {
+                tracing::warn!(group = %self.group, %error, "sending to the multicast group failed; does the interface have a multicast route?");
+            }
+            return;
+        }
+        for interface in &self.interfaces {
+            let result = match SockRef::from(&self.unicast).set_multicast_if_v4(interface) {
+                Ok(()) => self.unicast.send_to(contents, self.group).await.map(drop),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                tracing::warn!(%interface, %error, "sending to the multicast group failed on this interface");
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// Dropping `maintain` is a graceful exit too: say goodbye, without
+    /// waiting (a destructor cannot await, and a full send buffer should not
+    /// delay the drop).
+    fn drop(&mut self) {
+        if self.said_goodbye {
+            return;
+        }
+        let Some(bye) = self.protocol.goodbye_datagram() else {
+            return;
+        };
+        let interfaces = if self.interfaces.len() <= 1 {
+            vec![None]
+        } else {
+            self.interfaces.iter().copied().map(Some).collect()
+        };
+        for interface in interfaces {
+            if let Some(interface) = interface {
+                let _ = SockRef::from(&self.unicast).set_multicast_if_v4(&interface);
+            }
+            if let Err(error) = self.unicast.try_send_to(&bye, SocketAddr::V4(self.group)) {
+                tracing::debug!(%error, "could not say goodbye");
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn socket_error(what: &'static str) -> impl FnOnce(io::Error) -> DiscoveryError {
+    move |source| DiscoveryError::Socket { what, source }
+}
+
+fn new_udp_socket(what: &'static str) -> Result<Socket, DiscoveryError> {
+    let socket =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(IpProto::UDP)).map_err(socket_error(what))?;
+    socket.set_nonblocking(true).map_err(socket_error(what))?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    if let Err(error) = socket.set_recv_buffer_size(RECV_BUFFER) {
+        tracing::debug!(%error, "could not enlarge the receive buffer");
+    }
+    Ok(socket)
+}
+
+fn open_group_socket(
+    group: Ipv4Addr,
+    port: u16,
+    interfaces: &[Ipv4Addr],
+) -> Result<UdpSocket, DiscoveryError> {
+    let what = "discovery (group)";
+    let socket = new_udp_socket(what)?;
+    socket.set_reuse_address(true).map_err(socket_error(what))?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true).map_err(socket_error(what))?;
+    // On Linux, binding to the group address means this socket receives only
+    // datagrams sent to the group, not unicast to the port or other groups.
+    let bind_ip = if cfg!(target_os = "linux") {
+        group
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let bind = SocketAddr::V4(SocketAddrV4::new(bind_ip, port));
+    socket.bind(&bind.into()).map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            DiscoveryError::PortInUse { port, source }
+        } else {
+            DiscoveryError::Socket { what, source }
+        }
+    })?;
+    let joins: Vec<Ipv4Addr> = if interfaces.is_empty() {
+        vec![Ipv4Addr::UNSPECIFIED]
+    } else {
+        interfaces.to_vec()
+    };
+    for interface in joins {
+        socket
+            .join_multicast_v4(&group, &interface)
+            .map_err(|source| DiscoveryError::JoinGroup {
+                group,
+                interface,
+                source,
+            })?;
+    }
+    UdpSocket::from_std(socket.into()).map_err(socket_error(what))
+}
+
+fn open_unicast_socket(
+    interfaces: &[Ipv4Addr],
+    local_discovery: bool,
+    ttl: u32,
+) -> Result<UdpSocket, DiscoveryError> {
+    let what = "unicast";
+    let socket = new_udp_socket(what)?;
+    // With a single interface, bind to it so replies and announcements carry
+    // that address; otherwise let the kernel pick per destination.
+    let ip = match interfaces {
+        [only] => *only,
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    socket
+        .bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())
+        .map_err(socket_error(what))?;
+    socket
+        .set_multicast_loop_v4(local_discovery)
+        .map_err(socket_error(what))?;
+    socket
+        .set_multicast_ttl_v4(ttl)
+        .map_err(socket_error(what))?;
+    if let [only] = interfaces {
+        socket
+            .set_multicast_if_v4(only)
+            .map_err(socket_error(what))?;
+    }
+    UdpSocket::from_std(socket.into()).map_err(socket_error(what))
+}
