@@ -87,12 +87,12 @@ pub struct Schedule {
 }
 
 impl Default for Schedule {
-    /// Announce at 0, ~100 ms, ~300 ms, ~700 ms, ... then every ~10 s
-    /// (6 datagrams a minute once settled).
+    /// Announce at 0, ~100 ms, ~300 ms, ~700 ms, ... then every 12 s ± 20%
+    /// (5 datagrams a minute once settled).
     fn default() -> Self {
         Schedule {
             first_interval: Duration::from_millis(100),
-            max_interval: Duration::from_secs(10),
+            max_interval: Duration::from_secs(12),
             eager_announcements: 3,
         }
     }

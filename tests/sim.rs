@@ -1,0 +1,322 @@
+//! Deterministic simulation of the sans-IO protocol: virtual time, an
+//! in-memory multicast network with seeded latency and loss. No sockets, no
+//! real clock: a simulated minute of 100 instances runs in milliseconds, and
+//! every run with the same seed is identical.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cohort::protocol::{Config, Destination, Event, Mode, Protocol, Schedule};
+
+/// Loss and latency of the simulated LAN.
+#[derive(Clone, Copy)]
+struct Link {
+    loss: f64,
+    min_latency: Duration,
+    max_latency: Duration,
+}
+
+const LAN: Link = Link {
+    loss: 0.0,
+    min_latency: Duration::from_micros(50),
+    max_latency: Duration::from_micros(500),
+};
+
+struct Delivery {
+    to: usize,
+    from: SocketAddr,
+    bytes: Rc<Vec<u8>>,
+}
+
+struct Sim {
+    base: Instant,
+    now: Duration,
+    link: Link,
+    rng: u64,
+    instances: Vec<Option<Protocol>>,
+    addrs: Vec<SocketAddr>,
+    by_addr: HashMap<SocketAddr, usize>,
+    known: Vec<usize>,
+    in_flight: BinaryHeap<Reverse<(Duration, u64)>>,
+    deliveries: HashMap<u64, Delivery>,
+    seq: u64,
+    sent: Vec<u64>,
+}
+
+impl Sim {
+    fn new(n: usize, link: Link, seed: u64) -> Self {
+        // Virtual addresses in the loopback range; nothing is ever sent.
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(127, 1, (i / 256) as u8, (i % 256) as u8);
+                SocketAddr::new(IpAddr::V4(ip), 40_000)
+            })
+            .collect();
+        Sim {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            link,
+            rng: seed,
+            instances: (0..n).map(|_| None).collect(),
+            by_addr: addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
+            addrs,
+            known: vec![0; n],
+            in_flight: BinaryHeap::new(),
+            deliveries: HashMap::new(),
+            seq: 0,
+            sent: vec![0; n],
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // SplitMix64, independent of the protocol's own generators.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn start(&mut self, i: usize) {
+        let config = Config {
+            id: i as u64,
+            incarnation: 1,
+            namespace: "sim".into(),
+            payload: vec![i as u8],
+            schedule: Schedule::default(),
+            seed: self.rng ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            mode: Mode::Announce,
+            reply_port: self.addrs[i].port(),
+        };
+        self.instances[i] = Some(Protocol::new(config, self.base + self.now));
+        self.flush(i);
+    }
+
+    fn flush(&mut self, i: usize) {
+        let mut transmits = Vec::new();
+        let mut joined = 0;
+        {
+            let p = self.instances[i].as_mut().unwrap();
+            while let Some(t) = p.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(event) = p.poll_event() {
+                if let Event::Joined { .. } = event {
+                    joined += 1;
+                }
+            }
+        }
+        self.known[i] += joined;
+        for t in transmits {
+            self.sent[i] += 1;
+            let bytes = Rc::new(t.contents);
+            let targets: Vec<usize> = match t.destination {
+                // The sender hears its own multicast too (loopback on).
+                Destination::Group => (0..self.instances.len()).collect(),
+                Destination::Unicast(addr) => {
+                    self.by_addr.get(&addr).copied().into_iter().collect()
+                }
+            };
+            for to in targets {
+                if self.random() < self.link.loss {
+                    continue;
+                }
+                let spread = (self.link.max_latency - self.link.min_latency).as_secs_f64();
+                let at = self.now
+                    + self.link.min_latency
+                    + Duration::from_secs_f64(spread * self.random());
+                self.seq += 1;
+                self.in_flight.push(Reverse((at, self.seq)));
+                self.deliveries.insert(
+                    self.seq,
+                    Delivery {
+                        to,
+                        from: self.addrs[i],
+                        bytes: Rc::clone(&bytes),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Advances to the next delivery or timer, if it is before `until`.
+    fn step(&mut self, until: Duration) -> bool {
+        let next_delivery = self.in_flight.peek().map(|Reverse((at, _))| *at);
+        let next_timer = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((p.as_ref()?.poll_timeout()? - self.base, i)))
+            .min();
+        let timer_first = match (next_delivery, next_timer) {
+            (None, None) => return false,
+            (Some(d), Some((t, _))) => t < d,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if timer_first {
+            let (at, i) = next_timer.unwrap();
+            if at > until {
+                return false;
+            }
+            self.now = at;
+            self.instances[i]
+                .as_mut()
+                .unwrap()
+                .handle_timeout(self.base + at);
+            self.flush(i);
+        } else {
+            let Reverse((at, seq)) = self.in_flight.pop().unwrap();
+            if at > until {
+                self.in_flight.push(Reverse((at, seq)));
+                return false;
+            }
+            self.now = at;
+            let d = self.deliveries.remove(&seq).unwrap();
+            if let Some(p) = self.instances[d.to].as_mut() {
+                let _ = p.handle_datagram(self.base + at, d.from, &d.bytes);
+                self.flush(d.to);
+            }
+        }
+        true
+    }
+
+    fn converged(&self) -> bool {
+        let n = self.instances.len();
+        self.instances.iter().all(Option::is_some) && self.known.iter().all(|&k| k == n - 1)
+    }
+
+    /// Runs until everyone knows everyone; returns when, or `None` if not
+    /// by `until`.
+    fn run_until_converged(&mut self, until: Duration) -> Option<Duration> {
+        while !self.converged() {
+            if !self.step(until) {
+                return None;
+            }
+        }
+        Some(self.now)
+    }
+
+    fn run_until(&mut self, until: Duration) {
+        while self.step(until) {}
+        self.now = until;
+    }
+}
+
+#[test]
+fn a_hundred_instances_started_together_all_know_each_other_within_two_milliseconds() {
+    let n = 100;
+    for seed in 1..=5 {
+        let mut sim = Sim::new(n, LAN, seed);
+        for i in 0..n {
+            sim.start(i);
+        }
+        let at = sim
+            .run_until_converged(Duration::from_secs(60))
+            .expect("never converged");
+        // One multicast hop plus one unicast reply: at most 2 x 500 us.
+        assert!(
+            at <= Duration::from_millis(2),
+            "seed {seed}: converged at {at:?}"
+        );
+    }
+}
+
+#[test]
+fn a_newcomer_learns_a_hundred_running_peers_within_one_round_trip() {
+    let n = 101;
+    let mut sim = Sim::new(n, LAN, 7);
+    for i in 0..n - 1 {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(30));
+    assert!(sim.known[..n - 1].iter().all(|&k| k == n - 2));
+    let started = sim.now;
+    sim.start(n - 1);
+    let at = sim
+        .run_until_converged(started + Duration::from_secs(60))
+        .expect("never converged");
+    assert!(
+        at - started <= Duration::from_millis(1),
+        "took {:?}",
+        at - started
+    );
+}
+
+#[test]
+fn instances_starting_over_a_second_converge_within_two_milliseconds_of_the_last_start() {
+    let n = 100;
+    let mut sim = Sim::new(n, LAN, 11);
+    let mut last_start = Duration::ZERO;
+    for i in 0..n {
+        let at = Duration::from_millis(((i * 7919) % 1000) as u64);
+        sim.run_until(at);
+        sim.start(i);
+        last_start = last_start.max(at);
+    }
+    let at = sim
+        .run_until_converged(Duration::from_secs(60))
+        .expect("never converged");
+    assert!(
+        at.saturating_sub(last_start) <= Duration::from_millis(2),
+        "converged at {at:?}"
+    );
+}
+
+/// With 10% loss on every delivery, the eager announcements and their
+/// replies still mend every pair quickly; the bound leaves room for the
+/// unluckiest pair to wait for the backed-off schedule.
+#[test]
+fn with_ten_percent_loss_a_hundred_instances_converge_within_three_seconds() {
+    let n = 100;
+    let lossy = Link { loss: 0.10, ..LAN };
+    let mut worst = Duration::ZERO;
+    for seed in 1..=10 {
+        let mut sim = Sim::new(n, lossy, seed);
+        for i in 0..n {
+            sim.start(i);
+        }
+        let at = sim
+            .run_until_converged(Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("seed {seed}: not converged after 3 s"));
+        worst = worst.max(at);
+    }
+    println!("worst convergence with 10% loss over 10 seeds: {worst:?}");
+}
+
+#[test]
+fn idle_instances_send_at_most_six_datagrams_a_minute_each() {
+    let n = 20;
+    let mut sim = Sim::new(n, LAN, 3);
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(120));
+    let before: u64 = sim.sent.iter().sum();
+    sim.run_until(Duration::from_secs(120 + 600));
+    let per_minute = (sim.sent.iter().sum::<u64>() - before) as f64 / n as f64 / 10.0;
+    assert!(
+        per_minute <= 6.0,
+        "{per_minute} datagrams per instance per minute"
+    );
+    assert!(per_minute >= 4.0, "{per_minute}: announcements stopped?");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |seed| {
+        let mut sim = Sim::new(30, Link { loss: 0.2, ..LAN }, seed);
+        for i in 0..30 {
+            sim.start(i);
+        }
+        (
+            sim.run_until_converged(Duration::from_secs(60)),
+            sim.sent.clone(),
+        )
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5), run(6));
+}
