@@ -163,8 +163,16 @@ impl Driver {
                 }
             };
             match received {
-                Ok((len, from, on_group)) => {
+                Ok((len, mut from, on_group)) => {
                     failures = 0;
+                    // A source of 0.0.0.0 means the sender's kernel found no
+                    // address for the outgoing interface (multicast over a
+                    // loopback-only route does this). Routers never forward
+                    // such datagrams, so it came from this host: record it
+                    // as loopback, an address peers can actually connect to.
+                    if from.ip().is_unspecified() {
+                        from.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                    }
                     let buf = if on_group { &group_buf } else { &unicast_buf };
                     let now = Instant::now().into_std();
                     if let Err(rejected) = self.protocol.handle_datagram(now, from, &buf[..len]) {
