@@ -61,10 +61,10 @@ fn spawn_reader(stdout: ChildStdout, index: usize, tx: mpsc::Sender<(usize, Stri
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if let Some(i) = line.find("@@ ") {
-                if tx.send((index, line[i + 3..].to_string())).is_err() {
-                    return;
-                }
+            if let Some(i) = line.find("@@ ")
+                && tx.send((index, line[i + 3..].to_string())).is_err()
+            {
+                return;
             }
         }
     });
