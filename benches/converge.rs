@@ -29,7 +29,10 @@ use cohort::{ChartBuilder, discovery};
 const PORT: u16 = 47950;
 
 fn wall_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn main() {
@@ -50,7 +53,11 @@ fn main() {
     println!(
         "idle      n=10 CPU per instance per minute: {:.3} ms (median [min, max] over instances: {})",
         cpu.iter().sum::<f64>() / cpu.len() as f64,
-        summary(cpu.iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)).collect())
+        summary(
+            cpu.iter()
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+                .collect()
+        )
     );
 }
 
@@ -72,7 +79,10 @@ fn ms(d: Duration) -> f64 {
 fn child(role: &str) {
     let (namespace, total) = role.split_once('/').unwrap();
     let total: usize = total.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let chart = ChartBuilder::new()
             .with_random_id()
@@ -208,9 +218,17 @@ fn idle_cpu(n: usize, window: Duration) -> Vec<f64> {
 /// Total CPU time of all threads of `pid`, in nanoseconds.
 fn cpu_ns(pid: u32) -> u64 {
     let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += stat.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+            total += stat
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
         }
     }
     total

@@ -82,16 +82,18 @@ async fn send(
     addr: SocketAddr,
     message: &str,
 ) -> std::io::Result<()> {
-    if !connections.contains_key(&id) {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        connections.insert(id, stream);
-    }
-    let stream = connections.get_mut(&id).expect("inserted above");
+    let stream = match connections.entry(id) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            stream.set_nodelay(true)?;
+            entry.insert(stream)
+        }
+    };
     stream.write_all(message.as_bytes()).await
 }
 

@@ -2,7 +2,7 @@
 //!
 //! **Owns:** the public entry points [`maintain`] and [`sniff`] and the
 //! waiting helpers. **Must not touch:** anything but the chart handle; the
-//! work happens in [`crate::net`].
+//! work happens in the crate's private `net` module.
 
 use crate::chart::{Chart, Message};
 use crate::error::DiscoveryError;

@@ -54,6 +54,9 @@ fn a_datagram_truncated_at_any_byte_is_a_typed_error() {
     }
 }
 
+/// Checks that an error is the one a case expects.
+type Expect = fn(&DecodeError) -> bool;
+
 #[test]
 fn malformed_datagrams_yield_the_matching_typed_error() {
     let good = wire::encode(&packet(Kind::Announce, b"abc"));
@@ -93,7 +96,7 @@ fn malformed_datagrams_yield_the_matching_typed_error() {
     let mut invalid_utf8 = good.clone();
     invalid_utf8[HEADER_LEN + 1] = 0xff;
 
-    let cases: Vec<(&str, Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("empty", vec![], |e| {
             matches!(e, DecodeError::Truncated { len: 0 })
         }),
