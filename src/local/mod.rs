@@ -335,7 +335,7 @@ impl SingleInstance {
                 });
             }
             match self.watch(&plan, deadline).await? {
-                Watched::LongWait => {
+                Watched::Ended => {
                     backoff = Backoff::new();
                     continue;
                 }
@@ -600,31 +600,44 @@ impl SingleInstance {
     }
 
     /// Holds a connection to the primary until it ends or the deadline passes.
+    ///
+    /// Returns [`Watched::Ended`] when a primary that greeted us as accepting
+    /// went away (retry the lock at once), [`Watched::Short`] otherwise (it was
+    /// shutting down, or not there yet: back off first).
     async fn watch(&self, plan: &Plan, deadline: Instant) -> Result<Watched, Error> {
-        let began = Instant::now();
         let mut stream = match self.connect(plan, deadline).await? {
             Connected::Yes(stream, _) => stream,
             Connected::NotYet(_) => return Ok(Watched::Short),
         };
         let watch = frame::encode(&ToPrimary::Watch)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let _ = tokio::time::timeout(remaining, async {
+        let watched = tokio::time::timeout(remaining, async {
             if frame::write_frame(&mut stream, &watch).await.is_err() {
-                return;
+                return Watched::Short;
             }
+            let mut buf = Vec::new();
+            match frame::read_frame(&mut stream, &mut buf).await {
+                Ok(()) => {}
+                Err(_) => return Watched::Short,
+            }
+            if !matches!(
+                frame::decode::<ToSecondary<'_>>(&buf),
+                Ok(ToSecondary::Hello { accepting: true })
+            ) {
+                return Watched::Short;
+            }
+            // Greeted: now wait for the end of the stream, which comes the
+            // moment the primary exits or hands over.
             let mut sink = [0u8; 64];
             while let Ok(n) = stream.read(&mut sink).await {
                 if n == 0 {
                     break;
                 }
             }
+            Watched::Ended
         })
         .await;
-        Ok(if began.elapsed() >= Duration::from_millis(100) {
-            Watched::LongWait
-        } else {
-            Watched::Short
-        })
+        Ok(watched.unwrap_or(Watched::Short))
     }
 }
 
@@ -709,7 +722,7 @@ enum Reach {
 }
 
 enum Watched {
-    LongWait,
+    Ended,
     Short,
 }
 
