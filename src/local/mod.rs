@@ -108,9 +108,10 @@
 //! election with a named mutex or `LockFileEx` on a file in `%LOCALAPPDATA%`
 //! and use a named pipe with `GetNamedPipeClientProcessId` and the client's SID
 //! in place of the socket and `SO_PEERCRED`. Those back-ends would sit behind the
-//! same [`SingleInstance`], [`Primary`] and [`Secondary`] types; today other
-//! systems fail to compile this module's Linux-only parts rather than run
-//! unchecked.
+//! same [`SingleInstance`], [`Primary`] and [`Secondary`] types, which expose
+//! nothing Linux-specific. Today the module is built and tested on Linux only:
+//! it uses `std::os::unix`, so it does not build on Windows, and on other Unix
+//! systems abstract mode returns an `Unsupported` error.
 
 use std::ffi::OsString;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -578,6 +579,14 @@ impl SingleInstance {
             }),
             Ok(Err(FrameError::Closed)) => Ok(Reach::NotYet(
                 "the primary closed the connection (it is stopping)".into(),
+            )),
+            // Reset or cut off before the greeting: the primary died or is
+            // stopping; only the lock can tell, so retry.
+            Ok(Err(FrameError::Io(e))) => Ok(Reach::NotYet(format!(
+                "the connection to the primary broke before its greeting: {e}"
+            ))),
+            Ok(Err(FrameError::Truncated)) => Ok(Reach::NotYet(
+                "the primary's greeting was cut off (it is stopping)".into(),
             )),
             Ok(Err(source)) => Err(Error::Frame { pid, source }),
             Ok(Ok(())) => match frame::decode::<ToSecondary<'_>>(&buf) {

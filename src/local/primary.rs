@@ -419,11 +419,7 @@ impl Request {
     pub async fn reply(mut self, reply: Reply) -> Result<(), Error> {
         let pid = self.pid;
         let done = self.send(&reply)?;
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(Error::Frame { pid, source }),
-            Err(_) => Err(Error::SecondaryGone),
-        }
+        delivered(pid, done.await)
     }
 
     /// Blocking form of [`Request::reply`]. Must not be called from inside an
@@ -431,10 +427,25 @@ impl Request {
     pub fn reply_blocking(mut self, reply: Reply) -> Result<(), Error> {
         let pid = self.pid;
         let done = self.send(&reply)?;
-        match done.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(Error::Frame { pid, source }),
-            Err(_) => Err(Error::SecondaryGone),
+        delivered(pid, done.blocking_recv())
+    }
+}
+
+fn delivered(
+    pid: i32,
+    outcome: Result<Result<(), FrameError>, oneshot::error::RecvError>,
+) -> Result<(), Error> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(FrameError::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Err(Error::SecondaryGone)
         }
+        Ok(Err(source)) => Err(Error::Frame { pid, source }),
+        Err(_) => Err(Error::SecondaryGone),
     }
 }
