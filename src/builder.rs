@@ -22,10 +22,10 @@
 use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chart::{Chart, Message, Ports, Settings};
+use crate::chart::{Chart, Message, Ports, Settings, encode_payload};
 use crate::error::BuildError;
 use crate::protocol::Schedule;
-use crate::wire::{self, Id, Kind, MAX_DATAGRAM, MAX_NAMESPACE, Packet};
+use crate::wire::{Id, MAX_NAMESPACE};
 
 /// The default discovery port. Not a well-known service port; it is in the
 /// IANA registered range and unassigned.
@@ -246,39 +246,13 @@ impl<P: Message> ChartBuilder<WithId, P> {
                 len: o.namespace.len(),
             });
         }
-        let s = o.schedule;
-        if s.first_interval.is_zero() {
-            return Err(BuildError::BadSchedule {
-                reason: "first_interval is zero",
-            });
-        }
-        if s.max_interval < s.first_interval {
-            return Err(BuildError::BadSchedule {
-                reason: "max_interval is shorter than first_interval",
-            });
-        }
-        if s.eager_announcements == 0 {
-            return Err(BuildError::BadSchedule {
-                reason: "eager_announcements is zero, so a newcomer would ask nobody to reply",
-            });
-        }
+        o.schedule
+            .validate()
+            .map_err(|reason| BuildError::BadSchedule { reason })?;
         if o.interfaces == [Ipv4Addr::LOCALHOST] && !o.local_discovery {
             return Err(BuildError::LoopbackWithoutLocalDiscovery);
         }
-        let payload = postcard::to_allocvec(&self.payload).map_err(BuildError::Encode)?;
-        let size = wire::encode(&Packet {
-            namespace: &o.namespace,
-            sender: u64::MAX,
-            incarnation: u64::MAX,
-            kind: Kind::Announce,
-            want_reply: true,
-            reply_port: u16::MAX,
-            payload: &payload,
-        })
-        .len();
-        if size > MAX_DATAGRAM {
-            return Err(BuildError::PayloadTooLarge { size });
-        }
+        let payload = encode_payload(&o.namespace, &self.payload)?;
         let id = match self.id.0 {
             Some(id) => id,
             None => getrandom::u64().map_err(BuildError::Random)?,
@@ -332,7 +306,7 @@ mod tests {
                 b().with_schedule(Schedule {
                     first_interval: Duration::from_secs(2),
                     max_interval: Duration::from_secs(1),
-                    eager_announcements: 1,
+                    ..Schedule::default()
                 })
                 .finish()
                 .unwrap_err(),
@@ -345,10 +319,10 @@ mod tests {
             (
                 ChartBuilder::new()
                     .with_id(1)
-                    .custom_msg(vec![0u8; MAX_DATAGRAM])
+                    .custom_msg(vec![0u8; crate::wire::MAX_DATAGRAM])
                     .finish()
                     .unwrap_err(),
-                "custom_msg",
+                "send less",
             ),
         ];
         for (error, fix) in cases {

@@ -23,8 +23,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::protocol::{self, Schedule};
-use crate::wire::Id;
+use crate::error::PayloadError;
+use crate::protocol::{self, Schedule, Stats};
+use crate::wire::{self, Id};
 
 /// Anything a chart can carry for each instance: service ports or your own
 /// type. Implemented for every type that qualifies.
@@ -93,13 +94,30 @@ pub struct Entry<M> {
 }
 
 /// Why an instance left the chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LeftReason {
     /// It shut down and said goodbye.
     Goodbye,
+    /// It ran on this host and its process exited (crashed, was killed, or
+    /// exited without saying goodbye). Seen at once, through the process
+    /// itself (a pidfd on Linux).
+    Died,
+    /// Nothing was heard from it for its whole TTL, direct probes included.
+    Expired,
     /// This application called [`Chart::forget`].
     Forgotten,
+}
+
+impl std::fmt::Display for LeftReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeftReason::Goodbye => "said goodbye",
+            LeftReason::Died => "died",
+            LeftReason::Expired => "expired",
+            LeftReason::Forgotten => "forgotten",
+        })
+    }
 }
 
 /// A change to the chart. Received through [`Chart::subscribe`].
@@ -116,6 +134,15 @@ pub enum Event<M> {
         id: Id,
         /// Why.
         reason: LeftReason,
+    },
+    /// Two live instances claim the same id `id` (one of them may be this
+    /// one). The chart keeps the newer; give every instance a unique id, or
+    /// use `with_random_id`.
+    Conflict {
+        /// The contested id.
+        id: Id,
+        /// Where the other claimant's packets come from.
+        other: SocketAddr,
     },
 }
 
@@ -204,6 +231,7 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) enum Command {
     Forget(Id),
+    SetPayload(Vec<u8>),
     Shutdown,
 }
 
@@ -220,6 +248,7 @@ pub(crate) struct Shared<M> {
     events: broadcast::Sender<Event<M>>,
     size: watch::Sender<usize>,
     commands: Mutex<Vec<Command>>,
+    stats: Mutex<Stats>,
     pub(crate) wake: Notify,
     pub(crate) running: AtomicBool,
 }
@@ -261,6 +290,7 @@ impl<M: Message> Chart<M> {
                 events,
                 size: watch::Sender::new(1),
                 commands: Mutex::new(Vec::new()),
+                stats: Mutex::new(Stats::default()),
                 wake: Notify::new(),
                 running: AtomicBool::new(false),
             }),
@@ -322,6 +352,30 @@ impl<M: Message> Chart<M> {
         removed
     }
 
+    /// Replaces the message this instance announces; every peer sees an
+    /// [`Event::Updated`] within about one round trip. Works before and
+    /// while discovery runs.
+    ///
+    /// # Errors
+    /// [`PayloadError`] if the message does not encode or does not fit in
+    /// one datagram; the old message stays in place.
+    pub fn set_msg(&self, msg: M) -> Result<(), PayloadError> {
+        let payload = encode_payload(&self.shared.settings.namespace, &msg)?;
+        self.state().our_payload.clone_from(&payload);
+        self.command(Command::SetPayload(payload));
+        Ok(())
+    }
+
+    /// Counters: packets and bytes, drops by reason, joins and leaves by
+    /// reason. Updated by the running driver after every datagram and timer.
+    pub fn stats(&self) -> Stats {
+        *lock(&self.shared.stats)
+    }
+
+    pub(crate) fn set_stats(&self, stats: Stats) {
+        *lock(&self.shared.stats) = stats;
+    }
+
     /// Asks a running [`maintain`](crate::discovery::maintain) to say goodbye
     /// to its peers and return `Ok(())`. Does nothing if discovery is not
     /// running. Dropping the `maintain` future says goodbye too.
@@ -366,17 +420,28 @@ impl<M: Message> Chart<M> {
     /// does not decode as `M` (the event is then dropped).
     pub(crate) fn apply(&self, event: protocol::Event) -> bool {
         let (id, ip, payload) = match event {
-            protocol::Event::Joined { id, ip, payload }
-            | protocol::Event::Updated { id, ip, payload } => (id, ip, payload),
+            protocol::Event::Joined {
+                id, ip, payload, ..
+            }
+            | protocol::Event::Updated {
+                id, ip, payload, ..
+            } => (id, ip, payload),
             protocol::Event::Left { id, reason } => {
                 let reason = match reason {
                     protocol::LeftReason::Goodbye => LeftReason::Goodbye,
+                    protocol::LeftReason::Died => LeftReason::Died,
+                    protocol::LeftReason::Expired => LeftReason::Expired,
                 };
                 let mut state = self.state();
                 if state.entries.remove(&id).is_some() {
                     let _ = self.shared.events.send(Event::Left { id, reason });
                     self.shared.size.send_replace(state.entries.len() + 1);
                 }
+                return true;
+            }
+            protocol::Event::Conflict { id, other } => {
+                let _state = self.state(); // keeps event order with the map
+                let _ = self.shared.events.send(Event::Conflict { id, other });
                 return true;
             }
         };
@@ -397,6 +462,36 @@ impl<M: Message> Chart<M> {
     }
 }
 
+/// Encodes a message and checks that an announcement carrying it fits in
+/// one datagram.
+pub(crate) fn encode_payload<M: Serialize>(
+    namespace: &str,
+    msg: &M,
+) -> Result<Vec<u8>, PayloadError> {
+    let payload = postcard::to_allocvec(msg).map_err(PayloadError::Encode)?;
+    let size = wire::encode(&wire::Packet {
+        namespace,
+        sender: u64::MAX,
+        incarnation: u64::MAX,
+        kind: wire::Kind::Announce,
+        want_reply: true,
+        reply_port: u16::MAX,
+        ttl_ms: u32::MAX,
+        process: Some(wire::ProcessTag {
+            boot_id: [0xff; 16],
+            pid_namespace: u64::MAX,
+            pid: u32::MAX,
+            start_time: u64::MAX,
+        }),
+        payload: &payload,
+    })
+    .len();
+    if size > wire::MAX_DATAGRAM {
+        return Err(PayloadError::TooLarge { size });
+    }
+    Ok(payload)
+}
+
 impl<M> Chart<M> {
     fn state(&self) -> MutexGuard<'_, State<M>> {
         lock(&self.shared.state)
@@ -412,6 +507,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Chart<u16> {
+    /// Replaces the service port this instance announces; see
+    /// [`Chart::set_msg`].
+    pub fn set_service_port(&self, port: u16) {
+        // A u16 always encodes and always fits.
+        let _ = self.set_msg(port);
+    }
+
     /// Every other instance's service address: its ip and service port.
     ///
     /// ```no_run
@@ -441,6 +543,15 @@ impl Chart<u16> {
 }
 
 impl<const N: usize> Chart<Ports<N>> {
+    /// Replaces the service ports this instance announces; see
+    /// [`Chart::set_msg`].
+    ///
+    /// # Errors
+    /// [`PayloadError::TooLarge`] for thousands of ports.
+    pub fn set_service_ports(&self, ports: [u16; N]) -> Result<(), PayloadError> {
+        self.set_msg(Ports(ports))
+    }
+
     /// Every other instance's service addresses, one per port, in the order
     /// the ports were given to
     /// [`with_service_ports`](crate::ChartBuilder::with_service_ports).
@@ -479,5 +590,95 @@ impl<const N: usize> Chart<Ports<N>> {
             .entries
             .get(&id)
             .map(|e| e.msg.0.map(|port| SocketAddr::new(e.ip, port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChartBuilder;
+    use std::net::Ipv4Addr;
+
+    fn joined(id: Id) -> protocol::Event {
+        protocol::Event::Joined {
+            id,
+            incarnation: 1,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            payload: postcard::to_allocvec(&(id as u16)).unwrap(),
+            process: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed_and_can_resync() {
+        let chart = ChartBuilder::new()
+            .with_id(0)
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        let mut events = chart.subscribe();
+        let total = EVENT_CAPACITY as u64 + 76;
+        for id in 1..=total {
+            assert!(chart.apply(joined(id)));
+        }
+        assert_eq!(events.recv().await, Err(Lagged { missed: 76 }));
+        // The oldest event still held comes next; nothing after it is lost.
+        let mut next = 77;
+        while let Some(event) = events.try_recv().unwrap() {
+            assert!(matches!(event, Event::Joined(e) if e.id == next));
+            next += 1;
+        }
+        assert_eq!(next, total + 1);
+        assert_eq!(
+            chart.entries().len(),
+            total as usize,
+            "the snapshot has everyone"
+        );
+    }
+
+    #[test]
+    fn a_payload_that_does_not_decode_changes_nothing() {
+        let chart = ChartBuilder::new()
+            .with_id(0)
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        let mut events = chart.subscribe();
+        let bad = protocol::Event::Joined {
+            id: 9,
+            incarnation: 1,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            payload: vec![0xff, 0xff, 0xff, 0xff, 0xff],
+            process: None,
+        };
+        assert!(!chart.apply(bad));
+        assert_eq!(chart.size(), 1);
+        assert_eq!(events.try_recv(), Ok(None));
+    }
+
+    #[test]
+    fn events_follow_the_order_of_changes() {
+        let chart = ChartBuilder::new()
+            .with_id(0)
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        let mut events = chart.subscribe();
+        chart.apply(joined(5));
+        chart.apply(protocol::Event::Left {
+            id: 5,
+            reason: protocol::LeftReason::Died,
+        });
+        chart.apply(joined(5));
+        assert!(matches!(events.try_recv(), Ok(Some(Event::Joined(e))) if e.id == 5));
+        assert_eq!(
+            events.try_recv(),
+            Ok(Some(Event::Left {
+                id: 5,
+                reason: LeftReason::Died
+            }))
+        );
+        assert!(matches!(events.try_recv(), Ok(Some(Event::Joined(e))) if e.id == 5));
+        assert_eq!(chart.size(), 2);
     }
 }

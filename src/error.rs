@@ -50,17 +50,9 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The payload does not fit in one datagram.
-    #[error(
-        "the payload makes a {size}-byte announcement, over the {MAX_DATAGRAM}-byte maximum; send less in `custom_msg` (under about 1,200 bytes avoids IP fragmentation)"
-    )]
-    PayloadTooLarge {
-        /// Size of the announcement it makes.
-        size: usize,
-    },
-    /// The payload could not be encoded.
-    #[error("the payload could not be encoded with postcard; check its `Serialize` implementation")]
-    Encode(#[source] postcard::Error),
+    /// The payload cannot be announced.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
     /// Loopback only, but same-host discovery is off: nobody could be found.
     #[error(
         "`loopback_only()` with `local_discovery(false)` can find nobody: enable `local_discovery(true)` or choose another interface"
@@ -71,6 +63,26 @@ pub enum BuildError {
         "the operating system's random number generator failed, so no random id or seed could be chosen; set an id with `with_id`"
     )]
     Random(#[source] getrandom::Error),
+}
+
+/// A message that cannot be announced. Returned by
+/// [`ChartBuilder::finish`](crate::ChartBuilder::finish) (inside
+/// [`BuildError::Payload`]) and [`Chart::set_msg`](crate::Chart::set_msg),
+/// which then keeps the previous message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The payload does not fit in one datagram.
+    #[error(
+        "the message makes a {size}-byte announcement, over the {MAX_DATAGRAM}-byte maximum; send less (under about 1,200 bytes avoids IP fragmentation)"
+    )]
+    TooLarge {
+        /// Size of the announcement it makes.
+        size: usize,
+    },
+    /// The payload could not be encoded.
+    #[error("the message could not be encoded with postcard; check its `Serialize` implementation")]
+    Encode(#[source] postcard::Error),
 }
 
 /// Why [`discovery::maintain`](crate::discovery::maintain) or

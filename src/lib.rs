@@ -65,6 +65,7 @@ pub mod builder;
 mod chart;
 pub mod discovery;
 mod error;
+mod host;
 pub mod local;
 mod net;
 pub mod protocol;
@@ -74,5 +75,6 @@ pub use builder::ChartBuilder;
 pub use chart::{
     Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Ports, Subscription,
 };
-pub use error::{BuildError, DiscoveryError};
+pub use error::{BuildError, DiscoveryError, PayloadError};
+pub use protocol::{Schedule, Stats};
 pub use wire::{DecodeError, Id};

@@ -31,9 +31,14 @@
 //!     wait for the first of:
 //!         a datagram on either socket  -> handle_datagram
 //!         the protocol's timer         -> handle_timeout
-//!         a command from the chart     -> forget / shutdown
+//!         a command from the chart     -> forget / set payload / shutdown
+//!         a watched process exiting    -> handle_process_exit
 //! }
 //! ```
+//!
+//! A peer whose packets carry our boot id and pid namespace runs on this
+//! host: the driver watches its process (see `host`) and reports its exit to
+//! the protocol the instant it happens.
 //!
 //! Between announcements the task sleeps in the kernel: no polling loop, no
 //! CPU. A receive or send error is logged and survived; repeated receive
@@ -41,6 +46,7 @@
 //! dropped without a shutdown it still says goodbye, with one non-blocking
 //! send from its destructor.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
@@ -48,12 +54,14 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as IpProto, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::chart::{Chart, Command, Message};
 use crate::error::DiscoveryError;
-use crate::protocol::{Config, Destination, Mode, Protocol, Transmit};
-use crate::wire::MAX_DATAGRAM;
+use crate::host::{self, Watch};
+use crate::protocol::{self, Config, Destination, Mode, Protocol, Transmit};
+use crate::wire::{Id, MAX_DATAGRAM, ProcessTag};
 
 /// Receive buffer asked of the kernel for each socket: room for a burst of
 /// replies from hundreds of peers answering one newcomer at once.
@@ -89,14 +97,18 @@ pub(crate) async fn run<M: Message>(chart: Chart<M>, mode: Mode) -> Result<(), D
         seed: settings.seed,
         mode,
         reply_port,
+        process: crate::host::this_process(),
     };
     tracing::debug!(id = settings.id, %group, reply_port, ?mode, "discovery starting");
     let mut driver = Driver {
+        our_process: config.process,
         protocol: Protocol::new(config, Instant::now().into_std()),
         unicast,
         group,
         interfaces: settings.interfaces.clone(),
         said_goodbye: false,
+        watches: JoinSet::new(),
+        watched: HashMap::new(),
     };
     driver.run(&chart, &group_socket).await
 }
@@ -116,6 +128,11 @@ struct Driver {
     group: SocketAddrV4,
     interfaces: Vec<Ipv4Addr>,
     said_goodbye: bool,
+    our_process: Option<ProcessTag>,
+    /// One task per watched same-host peer process; each returns the peer
+    /// and incarnation it watched. Dropping the set aborts them all.
+    watches: JoinSet<(Id, u64, Watch)>,
+    watched: HashMap<Id, (u64, AbortHandle)>,
 }
 
 impl Driver {
@@ -132,6 +149,7 @@ impl Driver {
         loop {
             self.flush().await;
             while let Some(event) = self.protocol.poll_event() {
+                self.watch_or_unwatch(&event);
                 if !chart.apply(event) {
                     tracing::warn!(
                         "a peer's message does not decode as this chart's message type; is it another version of the application?"
@@ -142,18 +160,44 @@ impl Driver {
                 match command {
                     Command::Forget(id) => {
                         self.protocol.forget(id);
+                        self.unwatch(id);
+                    }
+                    Command::SetPayload(payload) => {
+                        self.protocol
+                            .set_payload(Instant::now().into_std(), payload);
                     }
                     Command::Shutdown => {
                         self.protocol.close();
                         self.flush().await;
                         self.said_goodbye = true;
+                        chart.set_stats(self.protocol.stats());
                         tracing::debug!("discovery shut down");
                         return Ok(());
                     }
                 }
             }
+            chart.set_stats(self.protocol.stats());
             let timeout = self.protocol.poll_timeout().map(Instant::from_std);
             let received = tokio::select! {
+                Some(done) = self.watches.join_next(), if !self.watches.is_empty() => {
+                    // Aborted watches end in a JoinError: nothing to do.
+                    if let Ok((id, incarnation, watch)) = done {
+                        if self.watched.get(&id).is_some_and(|(i, _)| *i == incarnation) {
+                            self.watched.remove(&id);
+                        }
+                        if watch == Watch::Exited {
+                            // A peer that said goodbye and then exited may
+                            // have its goodbye waiting on our sockets while
+                            // `select!` happened to pick this branch first:
+                            // handle what is queued, so it leaves as
+                            // `Goodbye`, which is what happened.
+                            self.drain(group_socket, &mut group_buf, &mut unicast_buf);
+                            tracing::debug!(id, "same-host peer process exited");
+                            self.protocol.handle_process_exit(id, incarnation);
+                        }
+                    }
+                    continue;
+                }
                 r = group_socket.recv_from(&mut group_buf) => r.map(|(n, from)| (n, from, true)),
                 r = self.unicast.recv_from(&mut unicast_buf) => r.map(|(n, from)| (n, from, false)),
                 () = chart.shared.wake.notified() => continue,
@@ -163,21 +207,10 @@ impl Driver {
                 }
             };
             match received {
-                Ok((len, mut from, on_group)) => {
+                Ok((len, from, on_group)) => {
                     failures = 0;
-                    // A source of 0.0.0.0 means the sender's kernel found no
-                    // address for the outgoing interface (multicast over a
-                    // loopback-only route does this). Routers never forward
-                    // such datagrams, so it came from this host: record it
-                    // as loopback, an address peers can actually connect to.
-                    if from.ip().is_unspecified() {
-                        from.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
-                    }
                     let buf = if on_group { &group_buf } else { &unicast_buf };
-                    let now = Instant::now().into_std();
-                    if let Err(rejected) = self.protocol.handle_datagram(now, from, &buf[..len]) {
-                        tracing::debug!(%from, %rejected, "datagram dropped");
-                    }
+                    self.handle_datagram(from, &buf[..len]);
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -186,6 +219,80 @@ impl Driver {
                     sleep(pause).await;
                 }
             }
+        }
+    }
+
+    fn handle_datagram(&mut self, mut from: SocketAddr, datagram: &[u8]) {
+        // A source of 0.0.0.0 means the sender's kernel found no address for
+        // the outgoing interface (multicast over a loopback-only route does
+        // this). Routers never forward such datagrams, so it came from this
+        // host: record it as loopback, an address peers can connect to.
+        if from.ip().is_unspecified() {
+            from.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let now = Instant::now().into_std();
+        if let Err(rejected) = self.protocol.handle_datagram(now, from, datagram) {
+            tracing::debug!(%from, %rejected, "datagram dropped");
+        }
+    }
+
+    /// Handles the datagrams already queued on both sockets, without
+    /// waiting; at most a bounded number, so a flood cannot hold the loop.
+    fn drain(&mut self, group_socket: &UdpSocket, group_buf: &mut [u8], unicast_buf: &mut [u8]) {
+        // Errors (WouldBlock above all) end the drain; the loop sees the rest.
+        for _ in 0..256 {
+            let Ok((len, from)) = group_socket.try_recv_from(group_buf) else {
+                break;
+            };
+            self.handle_datagram(from, &group_buf[..len]);
+        }
+        for _ in 0..256 {
+            let Ok((len, from)) = self.unicast.try_recv_from(unicast_buf) else {
+                break;
+            };
+            self.handle_datagram(from, &unicast_buf[..len]);
+        }
+    }
+
+    /// Starts watching a same-host peer's process when it joins or
+    /// restarts, and stops when it leaves.
+    fn watch_or_unwatch(&mut self, event: &protocol::Event) {
+        match *event {
+            protocol::Event::Joined {
+                id,
+                incarnation,
+                process: Some(theirs),
+                ..
+            }
+            | protocol::Event::Updated {
+                id,
+                incarnation,
+                process: Some(theirs),
+                ..
+            } => {
+                let Some(ours) = self.our_process else { return };
+                if !host::same_pid_space(&ours, &theirs)
+                    || self
+                        .watched
+                        .get(&id)
+                        .is_some_and(|(i, _)| *i == incarnation)
+                {
+                    return;
+                }
+                self.unwatch(id);
+                let abort = self
+                    .watches
+                    .spawn(async move { (id, incarnation, host::exited(theirs).await) });
+                self.watched.insert(id, (incarnation, abort));
+            }
+            protocol::Event::Left { id, .. } => self.unwatch(id),
+            _ => {}
+        }
+    }
+
+    fn unwatch(&mut self, id: Id) {
+        if let Some((_, abort)) = self.watched.remove(&id) {
+            abort.abort();
         }
     }
 

@@ -11,7 +11,8 @@
 //! +-------+---------+------------------------------------------+
 //! | magic | version | body (postcard)                          |
 //! | 4 B   | 1 B     | namespace, sender, incarnation, kind,    |
-//! |"cht\0"|   = 1   | want_reply, reply_port, payload          |
+//! |"cht\0"|   = 1   | want_reply, reply_port, ttl_ms, process, |
+//! |       |         | payload                                  |
 //! +-------+---------+------------------------------------------+
 //! ```
 //!
@@ -84,9 +85,33 @@ pub struct Packet<'a> {
     /// UDP port of the sender's own unicast socket; replies go there, never
     /// to the shared discovery port.
     pub reply_port: u16,
+    /// How long, in milliseconds, receivers may keep the sender in their
+    /// chart without hearing from it (they probe it before evicting it).
+    pub ttl_ms: u32,
+    /// Which process sent this, so that a receiver on the same host can
+    /// watch the process itself and see it die at once. `None` where the
+    /// sender cannot tell (not Linux).
+    pub process: Option<ProcessTag>,
     /// The application payload (service ports or a custom message),
     /// postcard-encoded by the chart layer. Opaque here.
     pub payload: &'a [u8],
+}
+
+/// Identifies one process on one host, across pid reuse.
+///
+/// Two tags are on the same host, in the same pid namespace, when
+/// `boot_id` and `pid_namespace` match; then `pid` names the process there,
+/// and `start_time` tells it apart from a later process that reuses the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessTag {
+    /// The kernel's boot id (Linux: `/proc/sys/kernel/random/boot_id`).
+    pub boot_id: [u8; 16],
+    /// Inode number of the pid namespace (Linux: `/proc/self/ns/pid`).
+    pub pid_namespace: u64,
+    /// Process id in that namespace.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (Linux: field 22 of `/proc/<pid>/stat`).
+    pub start_time: u64,
 }
 
 /// Why a datagram was rejected. Every variant has the same effect on state:
@@ -148,6 +173,8 @@ pub enum DecodeError {
 ///     kind: Kind::Announce,
 ///     want_reply: true,
 ///     reply_port: 40000,
+///     ttl_ms: 30_000,
+///     process: None,
 ///     payload: &[1, 2, 3],
 /// };
 /// let bytes = wire::encode(&packet);

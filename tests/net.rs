@@ -263,6 +263,7 @@ async fn forgetting_a_live_peer_reports_it_and_it_rejoins_on_its_next_packet() {
         first_interval: Duration::from_millis(20),
         max_interval: Duration::from_millis(100),
         eager_announcements: 1,
+        ttl: Duration::from_secs(1),
     };
     let a = builder(port, 1).with_service_port(1).finish().unwrap();
     let b = builder(port, 2)

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cohort::protocol::{Config, Destination, Event, Mode, Protocol, Schedule};
+use cohort::protocol::{Config, Destination, Event, LeftReason, Mode, Protocol, Schedule};
 
 /// Loss and latency of the simulated LAN.
 #[derive(Clone, Copy)]
@@ -40,6 +40,9 @@ struct Sim {
     addrs: Vec<SocketAddr>,
     by_addr: HashMap<SocketAddr, usize>,
     known: Vec<usize>,
+    /// Every event each instance emitted, with its virtual time.
+    log: Vec<Vec<(Duration, Event)>>,
+    schedule: Schedule,
     in_flight: BinaryHeap<Reverse<(Duration, u64)>>,
     deliveries: HashMap<u64, Delivery>,
     seq: u64,
@@ -64,6 +67,8 @@ impl Sim {
             by_addr: addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             addrs,
             known: vec![0; n],
+            log: vec![Vec::new(); n],
+            schedule: Schedule::default(),
             in_flight: BinaryHeap::new(),
             deliveries: HashMap::new(),
             seq: 0,
@@ -81,35 +86,64 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
+        self.start_as(i, i as u64, 1);
+    }
+
+    /// Starts instance slot `i` (its own address) claiming `id`.
+    fn start_as(&mut self, i: usize, id: u64, incarnation: u64) {
         let config = Config {
-            id: i as u64,
-            incarnation: 1,
+            id,
+            incarnation,
             namespace: "sim".into(),
             payload: vec![i as u8],
-            schedule: Schedule::default(),
-            seed: self.rng ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            schedule: self.schedule,
+            seed: self.rng ^ (i as u64 + incarnation).wrapping_mul(0x2545_F491_4F6C_DD1D),
             mode: Mode::Announce,
             reply_port: self.addrs[i].port(),
+            process: None,
         };
         self.instances[i] = Some(Protocol::new(config, self.base + self.now));
         self.flush(i);
     }
 
+    /// The instance stops dead: no goodbye, nothing more sent or received.
+    fn crash(&mut self, i: usize) {
+        self.instances[i] = None;
+    }
+
+    /// When each other instance saw `id` leave, and why.
+    fn departures_of(&self, id: u64) -> Vec<(usize, Duration, LeftReason)> {
+        let mut out = Vec::new();
+        for (i, log) in self.log.iter().enumerate() {
+            for (at, event) in log {
+                if let Event::Left { id: left, reason } = event
+                    && *left == id
+                {
+                    out.push((i, *at, *reason));
+                }
+            }
+        }
+        out
+    }
+
     fn flush(&mut self, i: usize) {
         let mut transmits = Vec::new();
-        let mut joined = 0;
+        let mut joined: isize = 0;
         {
             let p = self.instances[i].as_mut().unwrap();
             while let Some(t) = p.poll_transmit() {
                 transmits.push(t);
             }
             while let Some(event) = p.poll_event() {
-                if let Event::Joined { .. } = event {
-                    joined += 1;
+                match event {
+                    Event::Joined { .. } => joined += 1,
+                    Event::Left { .. } => joined -= 1,
+                    _ => {}
                 }
+                self.log[i].push((self.now, event));
             }
         }
-        self.known[i] += joined;
+        self.known[i] = self.known[i].wrapping_add_signed(joined);
         for t in transmits {
             self.sent[i] += 1;
             let bytes = Rc::new(t.contents);
@@ -319,4 +353,170 @@ fn the_same_seed_gives_the_same_run() {
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
+}
+
+/// 20% loss on every delivery, for a simulated day: the probes before
+/// eviction keep every live peer in every chart.
+#[test]
+fn with_twenty_percent_loss_no_live_peer_is_evicted_over_a_simulated_day() {
+    let n = 20;
+    let mut sim = Sim::new(n, Link { loss: 0.20, ..LAN }, 42);
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(24 * 3600));
+    let evictions: Vec<_> = (0..n as u64).flat_map(|id| sim.departures_of(id)).collect();
+    assert!(evictions.is_empty(), "live peers evicted: {evictions:?}");
+    assert!(sim.known.iter().all(|&k| k == n - 1));
+    let probes: u64 = sim
+        .instances
+        .iter()
+        .flatten()
+        .map(|p| p.stats().probes_sent)
+        .sum();
+    println!("probes sent in a day by {n} instances at 20% loss: {probes}");
+}
+
+#[test]
+fn a_crashed_peer_is_evicted_by_everyone_within_its_ttl() {
+    let n = 10;
+    let ttl = Schedule::default().ttl;
+    for seed in 1..=5 {
+        let mut sim = Sim::new(n, LAN, seed);
+        for i in 0..n {
+            sim.start(i);
+        }
+        sim.run_until(Duration::from_secs(60 + seed * 7));
+        let crashed_at = sim.now;
+        sim.crash(3);
+        sim.run_until(crashed_at + Duration::from_secs(60));
+        let departures = sim.departures_of(3);
+        assert_eq!(departures.len(), n - 1, "seed {seed}: {departures:?}");
+        for (i, at, reason) in departures {
+            assert_eq!(reason, LeftReason::Expired);
+            assert!(
+                at - crashed_at <= ttl,
+                "seed {seed}: instance {i} took {:?}",
+                at - crashed_at
+            );
+        }
+    }
+}
+
+#[test]
+fn a_goodbye_is_seen_by_everyone_within_one_hop() {
+    let n = 10;
+    let mut sim = Sim::new(n, LAN, 9);
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(30));
+    let closed_at = sim.now;
+    sim.instances[5].as_mut().unwrap().close();
+    sim.flush(5);
+    sim.run_until(closed_at + Duration::from_millis(1));
+    let departures = sim.departures_of(5);
+    assert_eq!(departures.len(), n - 1);
+    assert!(departures.iter().all(|(_, _, r)| *r == LeftReason::Goodbye));
+}
+
+#[test]
+fn a_restarted_peer_replaces_its_old_incarnation_without_leaving() {
+    let n = 5;
+    let mut sim = Sim::new(n, LAN, 4);
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(30));
+    // An announcement of the old incarnation, to be delivered late.
+    let late = Protocol::new(
+        Config {
+            id: 2,
+            incarnation: 1,
+            namespace: "sim".into(),
+            payload: vec![2],
+            schedule: Schedule::default(),
+            seed: 0,
+            mode: Mode::Announce,
+            reply_port: sim.addrs[2].port(),
+            process: None,
+        },
+        sim.base,
+    )
+    .poll_transmit()
+    .unwrap()
+    .contents;
+    sim.crash(2);
+    sim.start_as(2, 2, 2);
+    sim.run_until(Duration::from_secs(31));
+    for i in [0, 1, 3, 4] {
+        let p = sim.instances[i].as_mut().unwrap();
+        assert_eq!(p.peers()[&2].incarnation, 2, "instance {i}");
+        let from = sim.addrs[2];
+        assert!(p.handle_datagram(sim.base + sim.now, from, &late).is_err());
+        assert_eq!(
+            p.peers()[&2].incarnation,
+            2,
+            "a late old packet changed instance {i}"
+        );
+        let restarted = sim.log[i].iter().any(|(_, e)| {
+            matches!(
+                e,
+                Event::Updated {
+                    id: 2,
+                    incarnation: 2,
+                    ..
+                }
+            )
+        });
+        assert!(restarted, "instance {i} saw no update");
+    }
+    assert!(
+        sim.departures_of(2).is_empty(),
+        "a restart is not a departure"
+    );
+}
+
+#[test]
+fn two_live_instances_claiming_one_id_are_reported_as_a_conflict() {
+    let n = 6;
+    let mut sim = Sim::new(n, LAN, 8);
+    for i in 0..n - 1 {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(5));
+    // Slot 5 claims id 1, which slot 1 holds, with a newer incarnation.
+    sim.start_as(n - 1, 1, 2);
+    sim.run_until(Duration::from_secs(60));
+    let reported = |i: usize| {
+        sim.log[i]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Conflict { id: 1, .. }))
+    };
+    assert!(
+        reported(1),
+        "the original holder must learn of the conflict"
+    );
+    for i in [0, 2, 3, 4] {
+        assert!(reported(i), "instance {i} saw no conflict");
+    }
+}
+
+#[test]
+fn idle_instances_on_the_quiet_preset_send_at_most_two_datagrams_a_minute_each() {
+    let n = 20;
+    let mut sim = Sim::new(n, LAN, 3);
+    sim.schedule = Schedule::quiet();
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(300));
+    let before: u64 = sim.sent.iter().sum();
+    sim.run_until(Duration::from_secs(300 + 1800));
+    let per_minute = (sim.sent.iter().sum::<u64>() - before) as f64 / n as f64 / 30.0;
+    assert!(
+        per_minute <= 2.0,
+        "{per_minute} datagrams per instance per minute"
+    );
+    assert!(per_minute >= 1.5, "{per_minute}: announcements stopped?");
 }

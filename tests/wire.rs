@@ -1,6 +1,8 @@
 //! The wire format against well-formed and hostile input. Pure: no sockets.
 
-use cohort::wire::{self, DecodeError, HEADER_LEN, Kind, MAGIC, MAX_DATAGRAM, Packet, VERSION};
+use cohort::wire::{
+    self, DecodeError, HEADER_LEN, Kind, MAGIC, MAX_DATAGRAM, Packet, ProcessTag, VERSION,
+};
 
 fn packet(kind: Kind, payload: &[u8]) -> Packet<'_> {
     Packet {
@@ -10,6 +12,13 @@ fn packet(kind: Kind, payload: &[u8]) -> Packet<'_> {
         kind,
         want_reply: kind == Kind::Announce,
         reply_port: 47_000,
+        ttl_ms: 30_000,
+        process: (kind != Kind::Query).then_some(ProcessTag {
+            boot_id: *b"0123456789abcdef",
+            pid_namespace: 4_026_531_836,
+            pid: 4242,
+            start_time: 123_456,
+        }),
         payload,
     }
 }
@@ -37,6 +46,13 @@ fn extreme_field_values_survive_a_round_trip() {
         kind: Kind::Reply,
         want_reply: true,
         reply_port: u16::MAX,
+        ttl_ms: u32::MAX,
+        process: Some(ProcessTag {
+            boot_id: [0xff; 16],
+            pid_namespace: u64::MAX,
+            pid: u32::MAX,
+            start_time: u64::MAX,
+        }),
         payload: &[],
     };
     assert_eq!(wire::decode(&wire::encode(&p)), Ok(p));
