@@ -6,8 +6,10 @@
 //! cargo run --example chat -- --loopback   # same host only
 //! ```
 //!
-//! Prints only chat lines, as `[sender id] text`. Logs go to stderr and stay
-//! quiet unless `RUST_LOG` asks for them (`RUST_LOG=info` shows peers joining).
+//! Prints chat lines as `[sender id] text`, and a `*` line when a peer joins
+//! or leaves, with the reason (said goodbye, died, expired). On Ctrl-C,
+//! SIGTERM or end of input it leaves gracefully: its peers see a goodbye.
+//! Logs go to stderr and stay quiet unless `RUST_LOG` asks for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use cohort::{ChartBuilder, Event, Id, discovery};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,15 +45,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let me = chart.our_id();
     tracing::info!(id = me, port, "chat started");
 
+    // Before anything is printed: a script that reads our output may
+    // send SIGTERM at once, and must get a graceful leave.
+    let mut terminate = signal(SignalKind::terminate())?;
+    println!("* you are {me}");
     let mut events = chart.subscribe();
     tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            match event {
-                Event::Joined(entry) => {
-                    tracing::info!(id = entry.id, ip = %entry.ip, "peer joined")
+        loop {
+            match events.recv().await {
+                Ok(Event::Joined(entry)) => println!("* {} joined from {}", entry.id, entry.ip),
+                Ok(Event::Left { id, reason }) => println!("* {id} left: {reason}"),
+                Ok(Event::Conflict { id, other }) => {
+                    println!("* another chat at {other} uses id {id} too")
                 }
-                Event::Left { id, reason } => tracing::info!(id, ?reason, "peer left"),
-                _ => {}
+                Ok(_) => {}
+                Err(lagged) => tracing::warn!(%lagged, "missed chart events"),
             }
         }
     });
@@ -59,7 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut connections: HashMap<Id, TcpStream> = HashMap::new();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = stdin.next_line().await? {
+    loop {
+        let line = tokio::select! {
+            line = stdin.next_line() => match line? {
+                Some(line) => line,
+                None => break, // end of input
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        };
         let message = format!("{me} {line}\n");
         let peers = chart.addr_vec();
         connections.retain(|id, _| peers.iter().any(|(p, _)| p == id));
@@ -70,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    // End of input: leave gracefully, so peers drop us at once.
+    // Leave gracefully, so peers drop us at once.
     chart.shutdown();
     let _ = discovery.await;
     Ok(())

@@ -1,5 +1,6 @@
-//! The chat example, as a person would use it: three processes, a line typed
-//! into one, printed by the other two. Needs the example binary, which
+//! The chat example, as a person would use it: three processes see each
+//! other join, a line typed into one is printed by the other two, and one
+//! stopped with SIGTERM is seen leaving with a goodbye. Needs the example binary, which
 //! `cargo test` builds before running tests.
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,7 +38,6 @@ fn start_chats(n: usize) -> (Vec<Child>, Lines) {
         .map(|i| {
             let mut child = Command::new(chat_binary())
                 .arg("--loopback")
-                .env("RUST_LOG", "chat=info")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -63,38 +63,70 @@ fn start_chats(n: usize) -> (Vec<Child>, Lines) {
     (chats, rx)
 }
 
-#[test]
-fn a_line_typed_into_one_chat_is_printed_by_the_other_two() {
-    let (mut chats, lines) = start_chats(3);
-    // Wait until chat 0 has found both others (its log says so on stderr),
-    // so the line we type has somewhere to go.
-    let mut joined = 0;
-    while joined < 2 {
-        let (i, stream, line) = lines
-            .recv_timeout(BOUND)
-            .expect("chat 0 never found its peers");
-        if i == 0 && stream == "err" && line.contains("peer joined") {
-            joined += 1;
+/// Everything the chats print, with lines not yet asked for kept aside.
+struct Output {
+    lines: Lines,
+    backlog: Vec<(usize, &'static str, String)>,
+}
+
+impl Output {
+    /// Waits for a line from chat `who` on stdout that satisfies `want`.
+    fn expect(&mut self, who: usize, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let matches =
+            |(i, stream, line): &(usize, &str, String)| *i == who && *stream == "out" && want(line);
+        if let Some(at) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(at).2;
         }
+        loop {
+            let next = self
+                .lines
+                .recv_timeout(BOUND)
+                .unwrap_or_else(|_| panic!("chat {who} never printed {what}"));
+            if matches(&next) {
+                return next.2;
+            }
+            self.backlog.push(next);
+        }
+    }
+}
+
+#[test]
+fn chats_show_joins_pass_lines_and_show_a_graceful_leave() {
+    let (mut chats, lines) = start_chats(3);
+    let mut out = Output {
+        lines,
+        backlog: Vec::new(),
+    };
+    // Each chat names itself first.
+    let mut ids = Vec::new();
+    for who in 0..3 {
+        let line = out.expect(who, "its id", |l| l.starts_with("* you are "));
+        ids.push(line.trim_start_matches("* you are ").to_owned());
+    }
+    // Chat 0 announces both others joining, so the line has somewhere to go.
+    for _ in 0..2 {
+        out.expect(0, "a join", |l| l.contains(" joined from "));
     }
     let text = "hello | from chat zero";
     writeln!(chats[0].stdin.as_mut().unwrap(), "{text}").unwrap();
-    let mut printed_by = Vec::new();
-    while printed_by.len() < 2 {
-        let (i, stream, line) = lines
-            .recv_timeout(BOUND)
-            .unwrap_or_else(|_| panic!("only chats {printed_by:?} printed the line"));
-        if stream == "out" {
-            assert!(
-                line.ends_with(&format!("] {text}")),
-                "chat {i} printed {line:?}"
-            );
-            assert_ne!(i, 0, "a chat does not echo its own line");
-            printed_by.push(i);
-        }
-    }
-    printed_by.sort();
-    assert_eq!(printed_by, vec![1, 2]);
+    let expected = format!("[{}] {text}", ids[0]);
+    out.expect(1, "the line", |l| l == expected);
+    out.expect(2, "the line", |l| l == expected);
+
+    // SIGTERM: chat 1 leaves gracefully, and the others say so.
+    let pid = chats[1].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let left = format!("* {} left: said goodbye", ids[1]);
+    out.expect(0, "the goodbye", |l| l == left);
+    out.expect(2, "the goodbye", |l| l == left);
+    assert!(chats[1].wait().unwrap().success());
+
     for chat in &mut chats {
         drop(chat.stdin.take()); // end of input: the chat leaves and exits
     }
