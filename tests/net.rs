@@ -185,7 +185,23 @@ async fn garbage_sent_to_the_discovery_port_does_not_stop_discovery() {
     }
     let third = builder(port, 3).with_service_port(3).finish().unwrap();
     tokio::spawn(discovery::maintain(third.clone()));
-    all_find_each_other(&[first, second, third]).await;
+    all_find_each_other(&[first.clone(), second, third]).await;
+    // `first` heard both floods; every datagram is counted by reason. Per
+    // flood: "hello" has bad magic; empty and "cht\0" are truncated; 9000
+    // bytes is oversize; version 9 is unsupported; the rest are truncated
+    // or malformed bodies.
+    let stats = first.stats();
+    assert_eq!(stats.dropped_bad_magic, 2, "{stats:?}");
+    assert_eq!(stats.dropped_oversize, 2, "{stats:?}");
+    assert_eq!(stats.dropped_bad_version, 2, "{stats:?}");
+    assert!(stats.dropped_truncated >= 4, "{stats:?}");
+    assert!(stats.dropped_malformed > 0, "{stats:?}");
+    assert_eq!(
+        stats.dropped_truncated + stats.dropped_malformed,
+        2 * (garbage.len() as u64 - 3),
+        "{stats:?}"
+    );
+    assert_eq!(stats.joined, 2, "second and third");
 }
 
 #[tokio::test]
