@@ -22,18 +22,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+mod common;
+use common::{cpu_ns, summary, wall_ns};
 
 use cohort::{ChartBuilder, discovery};
 
 const PORT: u16 = 47950;
-
-fn wall_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
 
 fn main() {
     if let Ok(role) = std::env::var("COHORT_BENCH_CHILD") {
@@ -59,20 +55,6 @@ fn main() {
                 .collect()
         )
     );
-}
-
-fn summary(mut samples: Vec<Duration>) -> String {
-    samples.sort();
-    format!(
-        "{:.3} ms [{:.3}, {:.3}]",
-        ms(samples[samples.len() / 2]),
-        ms(samples[0]),
-        ms(*samples.last().unwrap())
-    )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// One benchmark child: `COHORT_BENCH_CHILD=<namespace>/<total>`.
@@ -213,23 +195,4 @@ fn idle_cpu(n: usize, window: Duration) -> Vec<f64> {
         .zip(&after)
         .map(|(b, a)| (a - b) as f64 / 1e6 * 60.0 / window.as_secs_f64())
         .collect()
-}
-
-/// Total CPU time of all threads of `pid`, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += stat
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap();
-        }
-    }
-    total
 }

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::error::PayloadError;
+pub use crate::protocol::LeftReason;
 use crate::protocol::{self, Schedule, Stats};
 use crate::wire::{self, Id};
 
@@ -91,33 +92,6 @@ pub struct Entry<M> {
     pub ip: IpAddr,
     /// What it carries: its service port(s) or your custom message.
     pub msg: M,
-}
-
-/// Why an instance left the chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LeftReason {
-    /// It shut down and said goodbye.
-    Goodbye,
-    /// It ran on this host and its process exited (crashed, was killed, or
-    /// exited without saying goodbye). Seen at once, through the process
-    /// itself (a pidfd on Linux).
-    Died,
-    /// Nothing was heard from it for its whole TTL, direct probes included.
-    Expired,
-    /// This application called [`Chart::forget`].
-    Forgotten,
-}
-
-impl std::fmt::Display for LeftReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LeftReason::Goodbye => "said goodbye",
-            LeftReason::Died => "died",
-            LeftReason::Expired => "expired",
-            LeftReason::Forgotten => "forgotten",
-        })
-    }
 }
 
 /// A change to the chart. Received through [`Chart::subscribe`].
@@ -427,11 +401,6 @@ impl<M: Message> Chart<M> {
                 id, ip, payload, ..
             } => (id, ip, payload),
             protocol::Event::Left { id, reason } => {
-                let reason = match reason {
-                    protocol::LeftReason::Goodbye => LeftReason::Goodbye,
-                    protocol::LeftReason::Died => LeftReason::Died,
-                    protocol::LeftReason::Expired => LeftReason::Expired,
-                };
                 let mut state = self.state();
                 if state.entries.remove(&id).is_some() {
                     let _ = self.shared.events.send(Event::Left { id, reason });
@@ -667,7 +636,7 @@ mod tests {
         chart.apply(joined(5));
         chart.apply(protocol::Event::Left {
             id: 5,
-            reason: protocol::LeftReason::Died,
+            reason: LeftReason::Died,
         });
         chart.apply(joined(5));
         assert!(matches!(events.try_recv(), Ok(Some(Event::Joined(e))) if e.id == 5));

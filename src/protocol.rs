@@ -220,16 +220,32 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
-/// Why a peer left the table.
+/// Why a peer left the table (and the chart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LeftReason {
-    /// It said goodbye.
+    /// It shut down and said goodbye.
     Goodbye,
-    /// Its process, on this host, exited.
+    /// It ran on this host and its process exited (crashed, was killed, or
+    /// exited without saying goodbye). Seen at once, through the process
+    /// itself (a pidfd on Linux).
     Died,
-    /// It stayed silent for its whole TTL, probes included.
+    /// Nothing was heard from it for its whole TTL, direct probes included.
     Expired,
+    /// The application forgot it ([`Protocol::forget`]); the chart reports
+    /// this, the state machine emits no event for it.
+    Forgotten,
+}
+
+impl std::fmt::Display for LeftReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeftReason::Goodbye => "said goodbye",
+            LeftReason::Died => "died",
+            LeftReason::Expired => "expired",
+            LeftReason::Forgotten => "forgotten",
+        })
+    }
 }
 
 /// A change in what the state machine knows.
@@ -750,6 +766,7 @@ impl Protocol {
             LeftReason::Goodbye => self.stats.left_goodbye += 1,
             LeftReason::Died => self.stats.left_died += 1,
             LeftReason::Expired => self.stats.left_expired += 1,
+            LeftReason::Forgotten => self.stats.left_forgotten += 1,
         }
         self.events.push_back(Event::Left { id, reason });
     }
