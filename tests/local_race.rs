@@ -70,30 +70,45 @@ fn spawn_reader(stdout: ChildStdout, index: usize, tx: mpsc::Sender<(usize, Stri
     });
 }
 
+/// Kills and reaps every contender when dropped, on success and on failure, so
+/// a failing trial leaves no parked primary behind.
+struct Contenders(Vec<Child>);
+
+impl Drop for Contenders {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn trial(base: &std::path::Path, n: usize) -> Result<(), String> {
     let dir = base.join(format!("trial-{n}"));
     std::fs::create_dir(&dir).unwrap();
     let (gate_rx, gate_tx) = std::io::pipe().unwrap();
     let (tx, rx) = mpsc::channel();
-    let mut children: Vec<Child> = (0..CONTENDERS)
-        .map(|i| {
-            let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_contender",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("COHORT_RACE_DIR", &dir)
-                .stdin(gate_rx.try_clone().unwrap())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            spawn_reader(child.stdout.take().unwrap(), i, tx.clone());
-            child
-        })
-        .collect();
+    let children = Contenders(
+        (0..CONTENDERS)
+            .map(|i| {
+                let mut child = Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "child_contender",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("COHORT_RACE_DIR", &dir)
+                    .stdin(gate_rx.try_clone().unwrap())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                spawn_reader(child.stdout.take().unwrap(), i, tx.clone());
+                child
+            })
+            .collect(),
+    );
     drop(gate_rx);
     drop(tx);
     let deadline = Instant::now() + BOUND;
@@ -116,10 +131,7 @@ fn trial(base: &std::path::Path, n: usize) -> Result<(), String> {
             other => return Err(format!("trial {n}: contender {i} said {other:?}")),
         }
     }
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
     if primaries.len() != 1 {
         return Err(format!(
             "trial {n}: {} primaries ({primaries:?}) and {secondaries} secondaries",
