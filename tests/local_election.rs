@@ -385,6 +385,22 @@ async fn a_frozen_primary_makes_secondaries_fail_at_their_deadline_with_a_clear_
         panic!("must be secondary");
     };
     primary.signal(rustix::process::Signal::STOP);
+    // kill() only queues the signal: wait until the kernel reports the child
+    // stopped (waitid WSTOPPED, leaving the state for tokio with WNOWAIT).
+    let pid = rustix::process::Pid::from_raw(primary.pid()).unwrap();
+    tokio::time::timeout(
+        BOUND,
+        tokio::task::spawn_blocking(move || {
+            rustix::process::waitid(
+                rustix::process::WaitId::Pid(pid),
+                rustix::process::WaitIdOptions::STOPPED | rustix::process::WaitIdOptions::NOWAIT,
+            )
+        }),
+    )
+    .await
+    .expect("the child stops in time")
+    .unwrap()
+    .unwrap();
     let started = Instant::now();
     let err = tokio::time::timeout(BOUND, before.forward(Forward::new()))
         .await
@@ -501,4 +517,20 @@ async fn an_unsafe_runtime_directory_is_refused_with_the_reason() {
     let err = instance(&dir).acquire().await.unwrap_err();
     assert!(matches!(err, Error::UnsafeDir { .. }), "{err}");
     assert!(err.to_string().contains("mode"));
+}
+
+#[tokio::test]
+async fn deleting_the_lock_file_of_a_live_primary_does_not_produce_a_second_primary() {
+    let dir = scratch();
+    let Role::Primary(primary) = instance(&dir).acquire().await.unwrap() else {
+        panic!("must be primary");
+    };
+    std::fs::remove_file(dir.join("test.app/lock")).unwrap();
+    // The next launch locks a fresh lock file, but finds the live primary's
+    // socket answering and stands back.
+    let Role::Secondary(s) = instance(&dir).acquire().await.unwrap() else {
+        panic!("a second primary was elected beside a live one");
+    };
+    assert_eq!(s.primary_pid() as u32, std::process::id());
+    drop(primary);
 }
