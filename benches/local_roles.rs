@@ -227,4 +227,9 @@ fn main() {
             "p50 < 200 us",
         );
     });
+    for name in ["fresh", "uncontended", "takeover", "forward"] {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("cohort-bench-{}-{name}", std::process::id())),
+        );
+    }
 }

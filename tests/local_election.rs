@@ -18,7 +18,23 @@ use tokio::process::{Child, ChildStdout, Command};
 /// Failure bound for anything a test waits on.
 const BOUND: Duration = Duration::from_secs(20);
 
-fn scratch() -> PathBuf {
+/// A private scratch directory, removed when dropped (also when a test fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch() -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let p = std::env::temp_dir().join(format!(
         "cohort-local-election-{}-{}",
@@ -29,7 +45,7 @@ fn scratch() -> PathBuf {
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&p)
         .unwrap();
-    p
+    Scratch(p)
 }
 
 fn instance(dir: &Path) -> SingleInstance {
@@ -453,10 +469,14 @@ async fn in_abstract_mode_one_primary_is_elected_and_reached_without_any_file() 
 #[tokio::test]
 async fn in_system_scope_a_launch_reaches_the_primary_through_its_published_socket() {
     let base = scratch();
-    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(
+        base.as_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let inst = SingleInstance::new("test.system")
         .scope(Scope::System)
-        .runtime_dir(&base);
+        .runtime_dir(base.as_path());
     let Role::Primary(primary) = inst.acquire().await.unwrap() else {
         panic!("must be primary");
     };

@@ -52,7 +52,23 @@ fn log_lines_containing(needle: &str) -> usize {
         .count()
 }
 
-fn scratch() -> PathBuf {
+/// A private scratch directory, removed when dropped (also when a test fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch() -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let p = std::env::temp_dir().join(format!(
         "cohort-local-hostile-{}-{}",
@@ -63,7 +79,7 @@ fn scratch() -> PathBuf {
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&p)
         .unwrap();
-    p
+    Scratch(p)
 }
 
 /// Serves every request with its argument count, until the primary is dropped.
@@ -99,7 +115,7 @@ async fn send_and_expect_close(socket: &Path, bytes: &[u8], then_hold_open: bool
 async fn garbage_truncated_oversized_and_misversioned_frames_close_only_their_connection() {
     logs();
     let dir = scratch();
-    let inst = SingleInstance::new("test.hostile").runtime_dir(&dir);
+    let inst = SingleInstance::new("test.hostile").runtime_dir(dir.as_path());
     let Role::Primary(primary) = inst.acquire().await.unwrap() else {
         panic!("must be primary");
     };
