@@ -98,7 +98,7 @@ pub enum Mode {
 ///
 /// | preset | settled traffic | a silent peer is evicted after |
 /// |---|---|---|
-/// | [`Schedule::responsive`] (default) | 5 datagrams / instance / minute | 30 s |
+/// | [`Schedule::responsive`] (default) | 5 datagrams / instance / minute | 29 s |
 /// | [`Schedule::quiet`] | 2 datagrams / instance / minute | 75 s |
 ///
 /// ```
@@ -123,14 +123,16 @@ pub struct Schedule {
 
 impl Schedule {
     /// The default: announce at 0, ~100 ms, ~300 ms, ~700 ms, ... then every
-    /// 12 s ± 20% (5 datagrams a minute once settled); TTL 30 s, so a silent
-    /// peer is probed after 27 s and evicted after 30 s.
+    /// 12 s ± 20% (5 datagrams a minute once settled); TTL 29 s, so a silent
+    /// peer is probed from 26.1 s and evicted 29 s after its last packet:
+    /// within 30 s of going silent, with a second to spare for timers and
+    /// scheduling on a loaded host.
     pub const fn responsive() -> Self {
         Schedule {
             first_interval: Duration::from_millis(100),
             max_interval: Duration::from_secs(12),
             eager_announcements: 3,
-            ttl: Duration::from_secs(30),
+            ttl: Duration::from_secs(29),
         }
     }
 

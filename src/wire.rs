@@ -173,7 +173,7 @@ pub enum DecodeError {
 ///     kind: Kind::Announce,
 ///     want_reply: true,
 ///     reply_port: 40000,
-///     ttl_ms: 30_000,
+///     ttl_ms: 29_000,
 ///     process: None,
 ///     payload: &[1, 2, 3],
 /// };
