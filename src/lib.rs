@@ -29,6 +29,7 @@
 //! | [`wire`] | the versioned packet format: magic, version, postcard body; decoding untrusted bytes | sockets, clocks, state |
 //! | [`protocol`] | the discovery rules as a sans-IO state machine: `handle_*` inputs, `poll_*` outputs, `now` as a parameter, a seeded rng | sockets, the system clock, global randomness |
 //! | `net` (private) | the sockets (socket2 setup) and the tokio driver task | discovery rules, the chart's map |
+//! | `host` (private) | this process's identity (boot id, pid namespace, pid, start time) and watching same-host peers' processes (pidfd) | sockets, discovery rules, the chart |
 //! | [`Chart`], [`ChartBuilder`], [`Event`] | the public handle (an `Arc` of shared state), its builder and change events | sockets, protocol timing |
 //!
 //! [`local`] (same-host single instance) stands beside them and shares
@@ -46,7 +47,9 @@
 //!    the map and notifies subscribers;
 //! 3. sleep until the first of: a datagram on either socket
 //!    (`handle_datagram`), the protocol's timer (`poll_timeout` /
-//!    `handle_timeout`), or a request from the chart (forget, shutdown).
+//!    `handle_timeout`), a watched same-host peer process exiting
+//!    (`handle_process_exit`), or a request from the chart (forget, new
+//!    payload, shutdown).
 //!
 //! Nothing polls: between announcements the task is parked in the kernel.
 //! Socket errors are logged with `tracing` and survived; only set-up
