@@ -515,6 +515,14 @@ fn the_blocking_forms_elect_forward_and_reply() {
     let reply = s.forward(Forward::new().args(["1", "2", "3"])).unwrap();
     assert_eq!(reply.status(), 3);
     let primary = server.join().unwrap();
+    // A bounded blocking wait returns when nothing comes.
+    assert!(
+        primary
+            .next_request_timeout_blocking(Duration::from_millis(20))
+            .unwrap()
+            .is_none()
+    );
+    assert!(primary.is_accepting());
     // Blocking and async waits both end when the primary stops accepting.
     let waiting = std::thread::scope(|scope| {
         let w = scope.spawn(|| primary.next_request_blocking().is_none());

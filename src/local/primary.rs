@@ -143,6 +143,24 @@ impl Primary {
         }
     }
 
+    /// Blocking form of [`Primary::next_request`] that waits at most `wait`.
+    ///
+    /// `Ok(None)` when no request arrived in time, or when the primary stopped
+    /// accepting ([`Primary::is_accepting`] tells them apart). Must not be called
+    /// from inside an async runtime.
+    pub fn next_request_timeout_blocking(&self, wait: Duration) -> Result<Option<Request>, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(Error::Runtime)?;
+        Ok(runtime.block_on(async {
+            tokio::time::timeout(wait, self.next_request())
+                .await
+                .ok()
+                .flatten()
+        }))
+    }
+
     /// Takes a request if one is waiting, without waiting.
     pub fn try_next_request(&self) -> Option<Request> {
         let mut requests = self.requests.try_lock().ok()?;
