@@ -318,7 +318,7 @@ async fn a_primary_that_stops_accepting_is_replaced_once_it_exits() {
         async move { instance(&dir).timeout(BOUND).acquire().await }
     });
     let short = instance(&dir)
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_millis(500))
         .acquire()
         .await;
     assert!(
@@ -561,4 +561,12 @@ async fn deleting_the_lock_file_of_a_live_primary_does_not_produce_a_second_prim
     };
     assert_eq!(s.primary_pid() as u32, std::process::id());
     drop(primary);
+}
+
+#[tokio::test]
+async fn a_blocking_call_inside_an_async_runtime_is_an_error_not_a_panic() {
+    let dir = scratch();
+    let err = instance(&dir).acquire_blocking().unwrap_err();
+    assert!(matches!(err, Error::Runtime(_)), "{err}");
+    assert!(err.to_string().contains("blocking"));
 }

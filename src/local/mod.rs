@@ -295,13 +295,24 @@ impl SingleInstance {
         let start = Instant::now();
         let deadline = start + self.timeout;
         let mut backoff = Backoff::new();
+        let mut last = String::new();
         loop {
             if let Some(primary) = self.try_primary(&plan).await? {
                 return Ok(Role::Primary(primary));
             }
-            let last = match self.try_secondary(&plan, deadline).await? {
+            last = match self.try_secondary(&plan, deadline).await? {
                 Reach::Greeted(secondary) => return Ok(Role::Secondary(secondary)),
                 Reach::NotYet(why) => why,
+                // Silent from the first attempt on: frozen or overloaded. After
+                // earlier answers (starting, stopping), the deadline simply ran
+                // out on the way: report what stood in the way.
+                Reach::Silent(pid) if last.is_empty() => {
+                    return Err(Error::PrimaryUnresponsive {
+                        pid,
+                        waited: start.elapsed(),
+                    });
+                }
+                Reach::Silent(_) => format!("{last}; then no greeting before the deadline"),
             };
             let now = Instant::now();
             if now >= deadline {
@@ -573,10 +584,7 @@ impl SingleInstance {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut buf = Vec::new();
         match tokio::time::timeout(remaining, frame::read_frame(&mut stream, &mut buf)).await {
-            Err(_) => Err(Error::PrimaryUnresponsive {
-                pid,
-                waited: self.timeout,
-            }),
+            Err(_) => Ok(Reach::Silent(pid)),
             Ok(Err(FrameError::Closed)) => Ok(Reach::NotYet(
                 "the primary closed the connection (it is stopping)".into(),
             )),
@@ -675,6 +683,11 @@ fn abstract_addr(_name: &str) -> std::io::Result<std::os::unix::net::SocketAddr>
 }
 
 fn blocking_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::Runtime(std::io::Error::other(
+            "a blocking cohort::local call was made from inside an async runtime; use the async form",
+        )));
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -728,6 +741,8 @@ enum Connected {
 enum Reach {
     Greeted(Secondary),
     NotYet(String),
+    /// Connected, but no greeting came before the deadline.
+    Silent(i32),
 }
 
 enum Watched {
