@@ -38,7 +38,9 @@
 //! `flock` ([`std::fs::File::try_lock`]). The kernel releases that lock the
 //! instant its holder dies, however it dies (SIGKILL, crash, OOM kill), so there
 //! is never a stale lock to clean up, and two launches can never both hold it.
-//! The lock file itself is never deleted.
+//! The lock file itself is never deleted. Close-on-exec keeps the lock out of
+//! programs the primary starts; a child that is only forked (no exec) shares the
+//! open file and so keeps the lock until it exits too.
 //!
 //! **Inode recheck.** After locking, the inode of the open file is compared with
 //! the inode the path names now. If the file was deleted or replaced between
