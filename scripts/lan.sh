@@ -76,6 +76,8 @@ set -euo pipefail
 
 STATE_ROOT=${LAN_STATE_DIR:-/run/cohort-lan}
 MAX_HOSTS=1000
+SELECTED=()
+RULES=()
 TABLE="inet cohort_lan"
 
 die() {
@@ -111,20 +113,23 @@ run_size() {
   cat "$file"
 }
 
-# Prints the host numbers a HOSTS spec names, one per line, checked against N.
+# Sets SELECTED to the host numbers a HOSTS spec names, checked against N.
+# (An array, not output: a usage error in a command substitution would only
+# end the subshell.)
 parse_hosts() {
   local spec=$1 n=$2 item from to i items
+  SELECTED=()
   if [ "$spec" = all ]; then
-    seq 1 "$n"
+    for ((i = 1; i <= n; i++)); do SELECTED+=("$i"); done
     return
   fi
-  [[ $spec =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || usage "bad HOSTS '$spec' (want all, 3, 1-5 or 1,4,7-9)"
+  [[ $spec =~ ^[0-9]{1,9}(-[0-9]{1,9})?(,[0-9]{1,9}(-[0-9]{1,9})?)*$ ]] || usage "bad HOSTS '$spec' (want all, 3, 1-5 or 1,4,7-9)"
   IFS=, read -ra items <<<"$spec"
   for item in "${items[@]}"; do
     from=${item%-*}
     to=${item#*-}
     ((10#$from >= 1 && 10#$to <= n && 10#$from <= 10#$to)) || usage "hosts '$item' not within 1-$n"
-    for ((i = 10#$from; i <= 10#$to; i++)); do echo "$i"; done
+    for ((i = 10#$from; i <= 10#$to; i++)); do SELECTED+=("$i"); done
   done
 }
 
@@ -221,6 +226,22 @@ teardown() {
 # Applies an nftables script (stdin) in host $2's network namespace.
 nft_on() {
   ip netns exec "$(host_ns "$1" "$2")" nft -f - || die "nft failed on host $2 (is nftables installed?)"
+}
+
+# Applies RULES[i], an nftables script, on every host i that has one, on all
+# hosts at once (so a partition starts everywhere within milliseconds);
+# returns when every host's rules are in place.
+apply_rules() {
+  local run=$1 i failed=0 pids=()
+  for i in "${!RULES[@]}"; do
+    nft_on "$run" "$i" <<<"${RULES[$i]}" &
+    pids+=("$!")
+  done
+  for i in "${pids[@]}"; do
+    wait "$i" || failed=1
+  done
+  RULES=()
+  ((failed == 0)) || die "could not apply the nftables rules (see above)"
 }
 
 nft_base() {
@@ -349,7 +370,8 @@ cmd_kill() {
   local run=$1 signal=${3:-KILL} n i pid pids=()
   check_run_id "$run"
   n=$(run_size "$run")
-  for i in $(parse_hosts "$2" "$n"); do
+  parse_hosts "$2" "$n"
+  for i in "${SELECTED[@]}"; do
     host_init "$run" "$i" >/dev/null
     while read -r pid; do pids+=("$pid"); done < <(host_pids "$run" "$i")
   done
@@ -372,8 +394,9 @@ cmd_loss() {
     [ "$dir" = in ] || out_rule="add rule $TABLE loss_out oifname \"eth0\" meta l4proto udp numgen random mod 100 < $pct counter name lost_out drop"
     [ "$dir" = out ] || in_rule="add rule $TABLE loss_in iifname \"eth0\" meta l4proto udp numgen random mod 100 < $pct counter name lost_in drop"
   fi
-  for i in $(parse_hosts "$2" "$n"); do
-    {
+  parse_hosts "$2" "$n"
+  for i in "${SELECTED[@]}"; do
+    RULES[i]="$(
       nft_base
       echo "flush chain $TABLE loss_out"
       echo "flush chain $TABLE loss_in"
@@ -381,8 +404,9 @@ cmd_loss() {
       echo "add rule $TABLE loss_in iifname \"eth0\" meta l4proto udp counter name received"
       echo "$out_rule"
       echo "$in_rule"
-    } | nft_on "$run" "$i"
+    )"
   done
+  apply_rules "$run"
 }
 
 cmd_partition() {
@@ -396,7 +420,8 @@ cmd_partition() {
   g=0
   for spec in "$@"; do
     g=$((g + 1))
-    for i in $(parse_hosts "$spec" "$n"); do
+    parse_hosts "$spec" "$n"
+    for i in "${SELECTED[@]}"; do
       ((group_of[i] == 0)) || usage "host $i is in two groups"
       group_of[i]=$g
     done
@@ -406,7 +431,7 @@ cmd_partition() {
     for ((j = 1; j <= n; j++)); do
       ((group_of[j] != group_of[i])) && others+="${others:+, }$(host_addr "$j")"
     done
-    {
+    RULES[i]="$(
       nft_base
       echo "flush chain $TABLE part_out"
       echo "flush chain $TABLE part_in"
@@ -414,21 +439,24 @@ cmd_partition() {
         echo "add rule $TABLE part_in ip saddr { $others } counter name partitioned drop"
         echo "add rule $TABLE part_out ip daddr { $others } counter name partitioned drop"
       fi
-    } | nft_on "$run" "$i"
+    )"
   done
+  apply_rules "$run"
 }
 
 cmd_heal() {
   [ $# -eq 1 ] || usage "heal needs RUN"
-  local run=$1 n i ns
+  local run=$1 n i
   check_run_id "$run"
   n=$(run_size "$run")
   for ((i = 1; i <= n; i++)); do
-    ns=$(host_ns "$run" "$i")
-    # Hosts never partitioned or made lossy have no table: nothing to undo.
-    ip netns exec "$ns" nft list table inet cohort_lan >/dev/null 2>&1 || continue
-    printf 'flush chain %s part_out\nflush chain %s part_in\n' "$TABLE" "$TABLE" | nft_on "$run" "$i"
+    RULES[i]="$(
+      nft_base
+      echo "flush chain $TABLE part_out"
+      echo "flush chain $TABLE part_in"
+    )"
   done
+  apply_rules "$run"
 }
 
 cmd_counters() {
