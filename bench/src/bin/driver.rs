@@ -9,7 +9,8 @@
 //! driver converge   --out F [--sizes 2,10,50,100] [--runs 5] [--timeout 30]
 //! driver idle       --out F --lib L --round R [--n 10] [--settle 30] [--window 60]
 //! driver resilience --out F [--runs 3]
-//! driver lan        --out F --hosts H --lan SCRIPT [--runs 3] [--timeout 30]
+//! driver lan        --out F --hosts H --lan SCRIPT --run RUN [--runs 3] [--timeout 30]
+//! driver lan-depart --out F --lib L --round R --first F --hosts H --lan SCRIPT --run RUN
 //! ```
 //!
 //! Each TSV line: `scenario  library  key  run  value` where value is a
@@ -87,6 +88,7 @@ fn main() {
         "idle" => idle(&opts, &mut out),
         "resilience" => resilience(&opts, &mut out),
         "lan" => lan(&opts, &mut out),
+        "lan-depart" => lan_depart(&opts, &mut out),
         other => {
             eprintln!("unknown scenario {other}");
             std::process::exit(2);
@@ -667,6 +669,64 @@ fn resilience(opts: &Args, out: &mut Out) {
     }
 }
 
+/// `INDEX -> ADDRESS` of the hosts of LAN run `lan_run`.
+fn lan_hosts(script: &str, lan_run: &str) -> HashMap<usize, String> {
+    let listing = Command::new(script)
+        .args(["hosts", lan_run])
+        .output()
+        .expect("run lan script");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (i, a) = l.split_once(' ')?;
+            Some((i.parse().ok()?, a.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Departures across hosts: one node on each of hosts `first..first+H`;
+/// the first host's node leaves gracefully, then every process on the
+/// second host is killed with SIGKILL (`scripts/lan.sh kill`), the path a
+/// crashed remote machine takes.
+fn lan_depart(opts: &Args, out: &mut Out) {
+    let lib = opts.get("lib", "cohort");
+    let round = opts.num("round", 0);
+    let first = opts.num("first", 1) as usize;
+    let hosts = opts.num("hosts", 10) as usize;
+    let script = opts.get("lan", "scripts/lan.sh");
+    let lan_run = opts.get("run", "bench");
+    let addrs = lan_hosts(&script, &lan_run);
+    let mut group = Group::new();
+    let t = tag("d", round, &lib);
+    for h in first..first + hosts {
+        let prefix = vec![
+            script.clone(),
+            "exec".into(),
+            lan_run.clone(),
+            h.to_string(),
+        ];
+        group.spawn(&prefix, &lib, hosts, &t, &addrs[&h]);
+    }
+    let converged = group.wait_until(Instant::now() + Duration::from_secs(60), |g| {
+        g.alls.iter().all(Option::is_some)
+    });
+    if !converged {
+        out.row("lan-depart", &lib, "converged", round, "no");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    group.drain();
+    let graceful = departure(&mut group, 0, Duration::from_secs(10), |g, _| g.quit(0));
+    out.row("lan-depart", &lib, "graceful", round, &graceful);
+    let victim_host = (first + 1).to_string();
+    let killed = departure(&mut group, 1, Duration::from_secs(60), |_, _| {
+        let _ = Command::new(&script)
+            .args(["kill", &lan_run, &victim_host, "KILL"])
+            .status();
+    });
+    out.row("lan-depart", &lib, "sigkill", round, &killed);
+    group.stop();
+}
+
 /// Convergence on the simulated LAN (`scripts/lan.sh`, already up as run
 /// `--run`): one node per host on hosts 1..=H, each started through
 /// `<lan script> exec <run> <host>`, announcing on the host's address.
@@ -676,17 +736,7 @@ fn lan(opts: &Args, out: &mut Out) {
     let timeout = Duration::from_secs(opts.num("timeout", 30));
     let script = opts.get("lan", "scripts/lan.sh");
     let lan_run = opts.get("run", "bench");
-    let listing = Command::new(&script)
-        .args(["hosts", &lan_run])
-        .output()
-        .expect("run lan script");
-    let addrs: HashMap<usize, String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (i, a) = l.split_once(' ')?;
-            Some((i.parse().ok()?, a.trim().to_owned()))
-        })
-        .collect();
+    let addrs = lan_hosts(&script, &lan_run);
     assert!(
         (1..=hosts).all(|h| addrs.contains_key(&h)),
         "LAN run {lan_run} has fewer than {hosts} hosts"
