@@ -28,7 +28,9 @@
 //! prefix that claims four gigabytes is compared against the bytes that are
 //! actually left and rejected. Datagrams longer than [`MAX_DATAGRAM`] are
 //! rejected before anything is parsed, and every byte must be consumed:
-//! trailing bytes are an error, not padding.
+//! trailing bytes are an error, not padding. Each packet has exactly one
+//! valid encoding: over-long varints are rejected
+//! ([`DecodeError::NonCanonical`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +158,12 @@ pub enum DecodeError {
         /// Length found.
         len: usize,
     },
+    /// The body decodes, but not in its one canonical form (for example a
+    /// varint with redundant continuation bytes). Accepting it would give
+    /// one packet several encodings, which anything that compares, caches
+    /// or authenticates packets by their bytes must not have to consider.
+    #[error("packet body is not canonically encoded (over-long varint)")]
+    NonCanonical,
     /// The body is not a valid postcard encoding of a packet (bad varint,
     /// unknown kind, invalid UTF-8, ...).
     #[error("malformed packet body")]
@@ -212,6 +220,16 @@ pub fn decode(datagram: &[u8]) -> Result<Packet<'_>, DecodeError> {
         return Err(DecodeError::TrailingBytes {
             count: trailing.len(),
         });
+    }
+    // Re-measure the canonical encoding (no allocation): a shorter one means
+    // the sender padded a varint.
+    let canonical = postcard::serialize_with_flavor::<_, _, usize>(
+        &packet,
+        postcard::ser_flavors::Size::default(),
+    )
+    .map_err(DecodeError::Malformed)?;
+    if canonical != body.len() {
+        return Err(DecodeError::NonCanonical);
     }
     if packet.namespace.len() > MAX_NAMESPACE {
         return Err(DecodeError::NamespaceTooLong {

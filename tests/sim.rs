@@ -520,3 +520,69 @@ fn idle_instances_on_the_quiet_preset_send_at_most_two_datagrams_a_minute_each()
     );
     assert!(per_minute >= 1.5, "{per_minute}: announcements stopped?");
 }
+
+/// Random and mutated datagrams fed straight into the state machine never
+/// panic it, never make it emit an event for a peer that never sent a valid
+/// packet, and leave it working: a real peer still joins afterwards.
+#[test]
+fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
+    let mut sim = Sim::new(2, LAN, 77);
+    sim.start(0);
+    let valid = Protocol::new(
+        Config {
+            id: 1,
+            incarnation: 1,
+            namespace: "sim".into(),
+            payload: vec![1, 2, 3],
+            schedule: Schedule::default(),
+            seed: 1,
+            mode: Mode::Announce,
+            reply_port: 40_000,
+            process: None,
+        },
+        sim.base,
+    )
+    .poll_transmit()
+    .unwrap()
+    .contents;
+    let mut rng = 0x5EED_u64;
+    let mut next = move || {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let from: SocketAddr = "127.9.9.9:40000".parse().unwrap();
+    let p = sim.instances[0].as_mut().unwrap();
+    // Ids that some datagram really announced: the decoder accepts it as an
+    // announcement or reply of our namespace.
+    let mut announced = std::collections::HashSet::new();
+    for _ in 0..100_000 {
+        let mut bytes = valid.clone();
+        for _ in 0..=(next() % 4) {
+            let at = (next() as usize) % bytes.len();
+            bytes[at] = next() as u8;
+        }
+        if let Ok(packet) = cohort::wire::decode(&bytes)
+            && packet.namespace == "sim"
+            && matches!(
+                packet.kind,
+                cohort::wire::Kind::Announce | cohort::wire::Kind::Reply
+            )
+        {
+            announced.insert(packet.sender);
+        }
+        let _ = p.handle_datagram(sim.base, from, &bytes);
+    }
+    assert_eq!(p.stats().packets_received, 100_000);
+    for id in p.peers().keys() {
+        assert!(
+            announced.contains(id),
+            "peer {id} was never announced by a valid packet"
+        );
+    }
+    sim.start(1);
+    sim.run_until(Duration::from_secs(1));
+    assert!(sim.instances[0].as_ref().unwrap().peers().contains_key(&1));
+}

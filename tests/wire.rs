@@ -109,6 +109,9 @@ fn malformed_datagrams_yield_the_matching_typed_error() {
     let mut long = packet(Kind::Reply, b"");
     long.namespace = &long_ns;
     let long_namespace = wire::encode(&long);
+    // Kind 2 as the two-byte varint 0x82 0x00: decodes, but not canonical.
+    let mut overlong_kind = wire::encode(&p);
+    overlong_kind.splice(kind_at..=kind_at, [0x82, 0x00]);
     let mut invalid_utf8 = good.clone();
     invalid_utf8[HEADER_LEN + 1] = 0xff;
 
@@ -153,6 +156,9 @@ fn malformed_datagrams_yield_the_matching_typed_error() {
         ("namespace too long", long_namespace, |e| {
             matches!(e, DecodeError::NamespaceTooLong { len: 65 })
         }),
+        ("over-long varint for the kind", overlong_kind, |e| {
+            *e == DecodeError::NonCanonical
+        }),
         ("namespace not utf-8", invalid_utf8, |e| {
             matches!(e, DecodeError::Malformed(_))
         }),
@@ -174,4 +180,68 @@ fn every_single_byte_corruption_decodes_or_fails_without_panicking() {
             let _ = wire::decode(&bytes);
         }
     }
+}
+
+/// SplitMix64, seeded: the same "random" inputs on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Random datagrams, half of them behind a valid header and a third of
+/// those mutated from a valid packet, so the body parser is exercised deep.
+/// A poor man's fuzzer that runs on stable Rust in every CI run; the count
+/// can be raised with COHORT_FUZZ_ITERATIONS.
+#[test]
+fn random_datagrams_never_panic_and_what_decodes_re_encodes_identically() {
+    let iterations: usize = std::env::var("COHORT_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let valid = wire::encode(&packet(Kind::Announce, b"some payload"));
+    let mut rng = Rng(0xC0FFEE);
+    let mut decoded = 0;
+    for _ in 0..iterations {
+        let bytes: Vec<u8> = match rng.below(3) {
+            0 => (0..rng.below(80)).map(|_| rng.next() as u8).collect(),
+            1 => {
+                let mut b = MAGIC.to_vec();
+                b.push(VERSION);
+                b.extend((0..rng.below(80)).map(|_| rng.next() as u8));
+                b
+            }
+            _ => {
+                let mut b = valid.clone();
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(b.len());
+                    match rng.below(3) {
+                        0 => b[at] = rng.next() as u8,
+                        1 => {
+                            b.remove(at);
+                        }
+                        _ => b.insert(at, rng.next() as u8),
+                    }
+                }
+                b
+            }
+        };
+        if let Ok(p) = wire::decode(&bytes) {
+            decoded += 1;
+            // Whatever decodes is a real packet: encoding it gives the
+            // same bytes back (no two encodings for one packet).
+            assert_eq!(wire::encode(&p), bytes);
+        }
+    }
+    assert!(decoded > 0, "the generator never produced a valid packet");
 }
