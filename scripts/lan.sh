@@ -227,7 +227,7 @@ teardown() {
 
 # Applies an nftables script (stdin) in host $2's network namespace.
 nft_on() {
-  ip netns exec "$(host_ns "$1" "$2")" nft -f - || die "nft failed on host $2 (is nftables installed?)"
+  ip netns exec "$(host_ns "$1" "$2")" nft -f - || die "nft failed on host $2 (message above; is nftables installed?)"
 }
 
 # Applies RULES[i], an nftables script, on every host i that has one, on all
@@ -386,15 +386,18 @@ cmd_kill() {
 
 cmd_loss() {
   [ $# -eq 3 ] || [ $# -eq 4 ] || usage "loss needs RUN HOSTS PCT [both|in|out]"
-  local run=$1 pct=$3 dir=${4:-both} n i out_rule="" in_rule=""
+  local run=$1 pct=$3 dir=${4:-both} n i chance out_rule="" in_rule=""
   check_run_id "$run"
   n=$(run_size "$run")
   int_in "$pct" 0 100 || usage "PCT must be 0-100, not '$pct'"
   pct=$((10#$pct))
   case $dir in both | in | out) ;; *) usage "direction must be both, in or out, not '$dir'" ;; esac
   if ((pct > 0)); then
-    [ "$dir" = in ] || out_rule="add rule $TABLE loss_out oifname \"eth0\" meta l4proto udp numgen random mod 100 < $pct counter name lost_out drop"
-    [ "$dir" = out ] || in_rule="add rule $TABLE loss_in iifname \"eth0\" meta l4proto udp numgen random mod 100 < $pct counter name lost_in drop"
+    # numgen yields 0-99, and nft rejects `< 100`: at 100% drop everything.
+    chance="numgen random mod 100 < $pct"
+    ((pct < 100)) || chance=""
+    [ "$dir" = in ] || out_rule="add rule $TABLE loss_out oifname \"eth0\" meta l4proto udp $chance counter name lost_out drop"
+    [ "$dir" = out ] || in_rule="add rule $TABLE loss_in iifname \"eth0\" meta l4proto udp $chance counter name lost_in drop"
   fi
   parse_hosts "$2" "$n"
   for i in "${SELECTED[@]}"; do
