@@ -202,6 +202,11 @@ impl Driver {
                 r = self.unicast.recv_from(&mut unicast_buf) => r.map(|(n, from)| (n, from, false)),
                 () = chart.shared.wake.notified() => continue,
                 () = sleep_until_opt(timeout) => {
+                    // Read what is already queued before acting on the
+                    // timer: after a stall (SIGSTOP, a paused VM, a starved
+                    // CPU) the timer and the peers' packets are both due,
+                    // and the packets are the evidence that peers are alive.
+                    self.drain(group_socket, &mut group_buf, &mut unicast_buf);
                     self.protocol.handle_timeout(Instant::now().into_std());
                     continue;
                 }

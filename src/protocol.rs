@@ -48,8 +48,9 @@
 //! - Every packet carries the sender's TTL. A peer not heard from for 90%
 //!   of its TTL is probed: a unicast [`Kind::Query`] asking for a reply,
 //!   [`PROBES`] times, evenly spread over the last tenth of the TTL. Only a
-//!   peer silent for its whole TTL despite the probes is evicted
-//!   ([`LeftReason::Expired`]). The probes are what keep a live peer on a
+//!   peer silent for its whole TTL *and* a whole probe window of probes is
+//!   evicted ([`LeftReason::Expired`]); if this instance was itself stalled
+//!   past a peer's TTL, it probes first instead of evicting on waking. The probes are what keep a live peer on a
 //!   lossy LAN: losing one announcement costs a few unicast datagrams, not
 //!   an eviction.
 //! - A goodbye removes the peer at once ([`LeftReason::Goodbye`]); so does
@@ -388,6 +389,8 @@ pub struct Peer {
     pub ttl: Duration,
     /// When the next probe is due, once probing has started.
     next_probe: Option<Instant>,
+    /// When the first of the current round of probes went out.
+    probing_since: Option<Instant>,
 }
 
 impl Peer {
@@ -396,7 +399,26 @@ impl Peer {
     }
 
     fn probing_from(&self) -> Instant {
-        self.expires_at() - self.ttl / 10
+        self.expires_at() - self.probe_window()
+    }
+
+    fn probe_window(&self) -> Duration {
+        self.ttl / 10
+    }
+
+    /// A peer is evicted only after a whole probe window of unanswered
+    /// probes, even if its TTL ran out earlier: when this instance itself
+    /// was stalled (stopped, paused, starved of CPU) no probe went out, and
+    /// the silence was ours, not the peer's.
+    fn evict_at(&self) -> Option<Instant> {
+        self.probing_since
+            .map(|since| (since + self.probe_window()).max(self.expires_at()))
+    }
+
+    fn heard_from(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.next_probe = None;
+        self.probing_since = None;
     }
 }
 
@@ -502,18 +524,19 @@ impl Protocol {
         let mut probes = Vec::new();
         let mut next: Option<Instant> = None;
         for (&id, peer) in &mut self.peers {
-            if now >= peer.expires_at() {
+            if peer.evict_at().is_some_and(|at| now >= at) {
                 expired.push(id);
                 continue;
             }
             let due = if now >= peer.probing_from() {
+                peer.probing_since.get_or_insert(now);
                 if peer.next_probe.is_none_or(|at| now >= at) {
                     probes.push(peer.reply_addr);
-                    let gap = (peer.ttl / 10 / PROBES).max(Duration::from_millis(1));
+                    let gap = (peer.probe_window() / PROBES).max(Duration::from_millis(1));
                     peer.next_probe = Some(now + gap);
                 }
-                peer.next_probe
-                    .map_or(peer.expires_at(), |p| p.min(peer.expires_at()))
+                let evict_at = peer.evict_at().unwrap_or(now);
+                peer.next_probe.map_or(evict_at, |p| p.min(evict_at))
             } else {
                 peer.probing_from()
             };
@@ -602,8 +625,7 @@ impl Protocol {
                     && peer.incarnation == packet.incarnation
                     && peer.reply_addr == reply_addr
                 {
-                    peer.last_seen = now;
-                    peer.next_probe = None;
+                    peer.heard_from(now);
                 }
                 if announcing {
                     self.send(Destination::Unicast(reply_addr), Kind::Reply, false);
@@ -713,6 +735,7 @@ impl Protocol {
                     since: now,
                     ttl,
                     next_probe: None,
+                    probing_since: None,
                 };
                 let check = peer.probing_from();
                 self.next_check = Some(self.next_check.map_or(check, |c| c.min(check)));
@@ -738,8 +761,7 @@ impl Protocol {
                 let restarted = packet.incarnation != peer.incarnation;
                 let changed =
                     restarted || peer.reply_addr != reply_addr || peer.payload != packet.payload;
-                peer.last_seen = now;
-                peer.next_probe = None;
+                peer.heard_from(now);
                 peer.ttl = ttl;
                 if restarted {
                     peer.since = now;

@@ -586,3 +586,39 @@ fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
     sim.run_until(Duration::from_secs(1));
     assert!(sim.instances[0].as_ref().unwrap().peers().contains_key(&1));
 }
+
+/// An instance frozen for twice the TTL (SIGSTOP, a paused VM) wakes to an
+/// overdue timer *before* it reads what queued up meanwhile, the worst
+/// order. It must probe before evicting, so no live peer leaves.
+#[test]
+fn an_instance_stalled_past_the_ttl_does_not_evict_live_peers_on_waking() {
+    let n = 5;
+    let ttl = Schedule::default().ttl;
+    let mut sim = Sim::new(n, LAN, 21);
+    for i in 0..n {
+        sim.start(i);
+    }
+    sim.run_until(Duration::from_secs(60));
+    // Freeze instance 0: it neither runs timers nor reads datagrams.
+    let frozen = sim.instances[0].take().unwrap();
+    let resume_at = sim.now + ttl * 2;
+    sim.run_until(resume_at);
+    // Wake: the overdue timer first, then the world goes on (its peers
+    // answer its probes).
+    sim.instances[0] = Some(frozen);
+    sim.instances[0]
+        .as_mut()
+        .unwrap()
+        .handle_timeout(sim.base + sim.now);
+    sim.flush(0);
+    sim.run_until(resume_at + ttl);
+    let evictions: Vec<_> = sim.log[0]
+        .iter()
+        .filter(|(at, e)| *at >= resume_at && matches!(e, Event::Left { .. }))
+        .collect();
+    assert!(
+        evictions.is_empty(),
+        "evicted live peers on waking: {evictions:?}"
+    );
+    assert_eq!(sim.instances[0].as_ref().unwrap().peers().len(), n - 1);
+}
