@@ -307,6 +307,12 @@ fn converge_once(
     let ok = group.wait_until(deadline, |g| {
         g.alls.iter().all(Option::is_some) && g.starts.iter().all(Option::is_some)
     });
+    // CPU time all N processes used from their start until now (all know
+    // all), when they are this driver's own children (one host).
+    if ok && prefix_of.is_empty() {
+        let cpu: u64 = (0..n).map(|i| cpu_ns(group.pid(i))).sum();
+        eprintln!("cpu\t{lib}\t{n}\t{:.3}", cpu as f64 / 1e6);
+    }
     let value = if ok {
         let last_start = group.starts.iter().flatten().max().copied().unwrap_or(0);
         let last_all = group.alls.iter().flatten().max().copied().unwrap_or(0);
