@@ -146,6 +146,12 @@ impl Driver {
         let mut group_buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut unicast_buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut failures = 0u32;
+        // One timer for the whole run, moved only when the protocol's
+        // deadline moves: creating a fresh `sleep` on every turn of the loop
+        // would register and cancel a timer per datagram.
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             self.flush().await;
             while let Some(event) = self.protocol.poll_event() {
@@ -177,7 +183,13 @@ impl Driver {
                 }
             }
             chart.set_stats(self.protocol.stats());
-            let timeout = self.protocol.poll_timeout().map(Instant::from_std);
+            let deadline = self.protocol.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(deadline) = deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                armed = deadline;
+            }
             let received = tokio::select! {
                 Some(done) = self.watches.join_next(), if !self.watches.is_empty() => {
                     // Aborted watches end in a JoinError: nothing to do.
@@ -201,7 +213,8 @@ impl Driver {
                 r = group_socket.recv_from(&mut group_buf) => r.map(|(n, from)| (n, from, true)),
                 r = self.unicast.recv_from(&mut unicast_buf) => r.map(|(n, from)| (n, from, false)),
                 () = chart.shared.wake.notified() => continue,
-                () = sleep_until_opt(timeout) => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     // Read what is already queued before acting on the
                     // timer: after a stall (SIGSTOP, a paused VM, a starved
                     // CPU) the timer and the peers' packets are both due,
@@ -363,13 +376,6 @@ impl Drop for Driver {
                 tracing::debug!(%error, "could not say goodbye");
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
