@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cohort::local::{Error, Forward, Reply, Role, Scope, SingleInstance};
@@ -18,34 +17,11 @@ use tokio::process::{Child, ChildStdout, Command};
 /// Failure bound for anything a test waits on.
 const BOUND: Duration = Duration::from_secs(20);
 
-/// A private scratch directory, removed when dropped (also when a test fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 fn scratch() -> Scratch {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "cohort-local-election-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&p)
-        .unwrap();
-    Scratch(p)
+    common::scratch("local-election")
 }
 
 fn instance(dir: &Path) -> SingleInstance {

@@ -6,8 +6,7 @@
 //! Run inside a private network namespace:
 //! `/work/shared/bin/isolated cargo test --test local_hostile`.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -52,34 +51,11 @@ fn log_lines_containing(needle: &str) -> usize {
         .count()
 }
 
-/// A private scratch directory, removed when dropped (also when a test fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 fn scratch() -> Scratch {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "cohort-local-hostile-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&p)
-        .unwrap();
-    Scratch(p)
+    common::scratch("local-hostile")
 }
 
 /// Serves every request with its argument count, until the primary is dropped.

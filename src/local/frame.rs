@@ -196,6 +196,15 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     writer.flush().await.map_err(FrameError::Io)
 }
 
+/// Decodes an optional application payload carried in a request or reply.
+pub(crate) fn decode_payload<T: serde::de::DeserializeOwned>(
+    payload: Option<&[u8]>,
+) -> Result<Option<T>, super::Error> {
+    payload
+        .map(|p| postcard::from_bytes(p).map_err(super::Error::Payload))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

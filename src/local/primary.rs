@@ -396,10 +396,7 @@ impl Request {
 
     /// Decodes the custom payload, if the secondary sent one.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
-        self.payload
-            .as_deref()
-            .map(|p| postcard::from_bytes(p).map_err(Error::Payload))
-            .transpose()
+        frame::decode_payload(self.payload.as_deref())
     }
 
     /// The raw payload bytes, if the secondary sent a payload.

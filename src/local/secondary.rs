@@ -230,10 +230,7 @@ impl Reply {
 
     /// Decodes the payload, if any, as `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
-        self.payload
-            .as_deref()
-            .map(|p| postcard::from_bytes(p).map_err(Error::Payload))
-            .transpose()
+        frame::decode_payload(self.payload.as_deref())
     }
 
     /// The raw payload bytes, if any.
