@@ -65,6 +65,12 @@ use crate::wire::{Id, MAX_DATAGRAM, ProcessTag};
 
 /// Receive buffer asked of the kernel for each socket: room for a burst of
 /// replies from hundreds of peers answering one newcomer at once.
+///
+/// The kernel caps it at `net.core.rmem_max`. Where that is the stock 208 KiB
+/// (roughly 250 queued datagrams), a newcomer joining more peers than that
+/// may lose part of its first burst of replies; it then learns the missing
+/// peers from their next announcements. Raise `rmem_max` for cohorts of
+/// many hundreds of instances.
 const RECV_BUFFER: usize = 1 << 20;
 
 /// Runs discovery for `chart` until shutdown or an unrecoverable error.
