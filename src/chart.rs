@@ -414,7 +414,8 @@ impl<M: Message> Chart<M> {
                 return true;
             }
         };
-        let Ok(msg) = postcard::from_bytes::<M>(&payload) else {
+        // Strict, like the packet decoder: the whole payload, nothing left.
+        let Ok((msg, [])) = postcard::take_from_bytes::<M>(&payload) else {
             return false;
         };
         let entry = Entry { id, ip, msg };
@@ -623,6 +624,27 @@ mod tests {
         assert!(!chart.apply(bad));
         assert_eq!(chart.size(), 1);
         assert_eq!(events.try_recv(), Ok(None));
+    }
+
+    #[test]
+    fn a_payload_with_bytes_left_over_is_rejected_not_truncated() {
+        let chart = ChartBuilder::new()
+            .with_id(0)
+            .with_service_port(1)
+            .finish()
+            .unwrap();
+        // A 300-byte string starts with the varint 300, which would decode
+        // as the port 300 if the rest were ignored.
+        let string = postcard::to_allocvec(&"x".repeat(300)).unwrap();
+        let event = protocol::Event::Joined {
+            id: 9,
+            incarnation: 1,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            payload: string,
+            process: None,
+        };
+        assert!(!chart.apply(event));
+        assert_eq!(chart.get_msg(9), None);
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub(crate) async fn run<M: Message>(chart: Chart<M>, mode: Mode) -> Result<(), D
         said_goodbye: false,
         watches: JoinSet::new(),
         watched: HashMap::new(),
+        undecodable: 0,
     };
     driver.run(&chart, &group_socket).await
 }
@@ -139,6 +140,8 @@ struct Driver {
     /// and incarnation it watched. Dropping the set aborts them all.
     watches: JoinSet<(Id, u64, Watch)>,
     watched: HashMap<Id, (u64, AbortHandle)>,
+    /// Peer messages the chart could not decode.
+    undecodable: u64,
 }
 
 impl Driver {
@@ -163,9 +166,15 @@ impl Driver {
             while let Some(event) = self.protocol.poll_event() {
                 self.watch_or_unwatch(&event);
                 if !chart.apply(event) {
-                    tracing::warn!(
-                        "a peer's message does not decode as this chart's message type; is it another version of the application?"
-                    );
+                    self.undecodable += 1;
+                    // Logged at 1, 2, 4, 8, ...: a peer that keeps sending
+                    // such messages cannot flood the log.
+                    if self.undecodable.is_power_of_two() {
+                        tracing::warn!(
+                            count = self.undecodable,
+                            "a peer's message does not decode as this chart's message type; is another application, or another version of this one, using the same namespace?"
+                        );
+                    }
                 }
             }
             for command in chart.take_commands() {
@@ -182,13 +191,13 @@ impl Driver {
                         self.protocol.close();
                         self.flush().await;
                         self.said_goodbye = true;
-                        chart.set_stats(self.protocol.stats());
+                        chart.set_stats(self.stats());
                         tracing::debug!("discovery shut down");
                         return Ok(());
                     }
                 }
             }
-            chart.set_stats(self.protocol.stats());
+            chart.set_stats(self.stats());
             let deadline = self.protocol.poll_timeout().map(Instant::from_std);
             if deadline != armed {
                 if let Some(deadline) = deadline {
@@ -244,6 +253,13 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The protocol's counters plus the driver's own.
+    fn stats(&self) -> protocol::Stats {
+        let mut stats = self.protocol.stats();
+        stats.dropped_undecodable_payload = self.undecodable;
+        stats
     }
 
     fn handle_datagram(&mut self, mut from: SocketAddr, datagram: &[u8]) {

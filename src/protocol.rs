@@ -352,6 +352,11 @@ pub struct Stats {
     pub dropped_stale: u64,
     /// Dropped: another instance with our id.
     pub dropped_same_id: u64,
+    /// Peer messages that did not decode as the chart's message type
+    /// (another application, or another version of it, in our namespace).
+    /// Counted by the driver, not the state machine, which never decodes
+    /// payloads.
+    pub dropped_undecodable_payload: u64,
     /// Probes sent to silent peers.
     pub probes_sent: u64,
     /// Peers that joined.
