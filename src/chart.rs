@@ -569,23 +569,34 @@ mod tests {
     use crate::ChartBuilder;
     use std::net::Ipv4Addr;
 
-    fn joined(id: Id) -> protocol::Event {
+    /// A chart of one service port, with id 0; nothing runs discovery.
+    fn chart() -> Chart<u16> {
+        ChartBuilder::new()
+            .with_id(0)
+            .with_service_port(1)
+            .finish()
+            .unwrap()
+    }
+
+    /// The protocol reporting that `id` joined, carrying `payload`.
+    fn joined_with(id: Id, payload: Vec<u8>) -> protocol::Event {
         protocol::Event::Joined {
             id,
             incarnation: 1,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            payload: postcard::to_allocvec(&(id as u16)).unwrap(),
+            payload,
             process: None,
         }
     }
 
+    /// The protocol reporting that `id` joined with service port `id`.
+    fn joined(id: Id) -> protocol::Event {
+        joined_with(id, postcard::to_allocvec(&(id as u16)).unwrap())
+    }
+
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed_and_can_resync() {
-        let chart = ChartBuilder::new()
-            .with_id(0)
-            .with_service_port(1)
-            .finish()
-            .unwrap();
+        let chart = chart();
         let mut events = chart.subscribe();
         let total = EVENT_CAPACITY as u64 + 76;
         for id in 1..=total {
@@ -608,19 +619,9 @@ mod tests {
 
     #[test]
     fn a_payload_that_does_not_decode_changes_nothing() {
-        let chart = ChartBuilder::new()
-            .with_id(0)
-            .with_service_port(1)
-            .finish()
-            .unwrap();
+        let chart = chart();
         let mut events = chart.subscribe();
-        let bad = protocol::Event::Joined {
-            id: 9,
-            incarnation: 1,
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            payload: vec![0xff, 0xff, 0xff, 0xff, 0xff],
-            process: None,
-        };
+        let bad = joined_with(9, vec![0xff, 0xff, 0xff, 0xff, 0xff]);
         assert!(!chart.apply(bad));
         assert_eq!(chart.size(), 1);
         assert_eq!(events.try_recv(), Ok(None));
@@ -628,32 +629,18 @@ mod tests {
 
     #[test]
     fn a_payload_with_bytes_left_over_is_rejected_not_truncated() {
-        let chart = ChartBuilder::new()
-            .with_id(0)
-            .with_service_port(1)
-            .finish()
-            .unwrap();
+        let chart = chart();
         // A 300-byte string starts with the varint 300, which would decode
         // as the port 300 if the rest were ignored.
         let string = postcard::to_allocvec(&"x".repeat(300)).unwrap();
-        let event = protocol::Event::Joined {
-            id: 9,
-            incarnation: 1,
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            payload: string,
-            process: None,
-        };
+        let event = joined_with(9, string);
         assert!(!chart.apply(event));
         assert_eq!(chart.get_msg(9), None);
     }
 
     #[test]
     fn events_follow_the_order_of_changes() {
-        let chart = ChartBuilder::new()
-            .with_id(0)
-            .with_service_port(1)
-            .finish()
-            .unwrap();
+        let chart = chart();
         let mut events = chart.subscribe();
         chart.apply(joined(5));
         chart.apply(protocol::Event::Left {
