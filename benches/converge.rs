@@ -25,9 +25,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
-use common::{cpu_ns, summary, wall_ns};
+use common::{child_runtime, cpu_ns, loopback_chart, summary, wall_ns};
 
-use cohort::{ChartBuilder, discovery};
+use cohort::discovery;
 
 const PORT: u16 = 47950;
 
@@ -61,20 +61,9 @@ fn main() {
 fn child(role: &str) {
     let (namespace, total) = role.split_once('/').unwrap();
     let total: usize = total.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = child_runtime();
     rt.block_on(async {
-        let chart = ChartBuilder::new()
-            .with_random_id()
-            .with_service_port(1)
-            .with_discovery_port(PORT)
-            .with_namespace(namespace)
-            .local_discovery(true)
-            .loopback_only()
-            .finish()
-            .unwrap();
+        let chart = loopback_chart(PORT, namespace);
         println!("start {}", wall_ns());
         let task = tokio::spawn(discovery::maintain(chart.clone()));
         discovery::found_everyone(&chart, total).await;

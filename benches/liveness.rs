@@ -23,9 +23,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
-use common::{cpu_ns, summary, wall_ns};
+use common::{child_runtime, cpu_ns, loopback_chart, summary, wall_ns};
 
-use cohort::{ChartBuilder, Event, discovery};
+use cohort::{Event, discovery};
 
 const PORT: u16 = 47960;
 const N: usize = 10;
@@ -66,20 +66,9 @@ fn main() {
 /// A benchmark child: prints `id <id>`, `ready`, `left <id> <reason> <ns>`,
 /// and `stats <packets sent>` whenever a line arrives on stdin.
 fn child(namespace: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = child_runtime();
     rt.block_on(async {
-        let chart = ChartBuilder::new()
-            .with_random_id()
-            .with_service_port(1)
-            .with_discovery_port(PORT)
-            .with_namespace(namespace)
-            .local_discovery(true)
-            .loopback_only()
-            .finish()
-            .unwrap();
+        let chart = loopback_chart(PORT, namespace);
         // Installed before anything is printed: the driver may signal as soon
         // as it has read our lines.
         let mut terminate =

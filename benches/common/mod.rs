@@ -42,3 +42,25 @@ pub fn summary(mut samples: Vec<Duration>) -> String {
         samples.len()
     )
 }
+
+/// The runtime a benchmark child runs on: one thread, like a small service.
+pub fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The chart every benchmark child uses: a random id, loopback only, local
+/// discovery on, the default schedule.
+pub fn loopback_chart(port: u16, namespace: &str) -> cohort::Chart<u16> {
+    cohort::ChartBuilder::new()
+        .with_random_id()
+        .with_service_port(1)
+        .with_discovery_port(port)
+        .with_namespace(namespace)
+        .local_discovery(true)
+        .loopback_only()
+        .finish()
+        .unwrap()
+}
