@@ -31,7 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loopback = std::env::args().any(|a| a == "--loopback");
 
     // The service port: whatever the OS gives us; discovery tells the others.
-    let listener = TcpListener::bind("0.0.0.0:0").await?;
+    // Same-host chats only need loopback; LAN peers need every interface.
+    let listen_on = if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" };
+    let listener = TcpListener::bind(listen_on).await?;
     let port = listener.local_addr()?.port();
     let mut builder = ChartBuilder::new()
         .with_random_id()
