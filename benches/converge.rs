@@ -60,7 +60,7 @@ fn main() {
 /// One benchmark child: `COHORT_BENCH_CHILD=<namespace>/<total>`.
 fn child(role: &str) {
     let (namespace, total) = role.split_once('/').unwrap();
-    let total: usize = total.parse().unwrap();
+    let total: u16 = total.parse().unwrap();
     let rt = child_runtime();
     rt.block_on(async {
         let chart = loopback_chart(PORT, namespace);

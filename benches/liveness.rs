@@ -76,7 +76,7 @@ fn child(namespace: &str) {
         println!("id {}", chart.our_id());
         let mut events = chart.subscribe();
         let task = tokio::spawn(discovery::maintain(chart.clone()));
-        discovery::found_everyone(&chart, N).await;
+        discovery::found_everyone(&chart, N as u16).await;
         println!("ready");
         let watcher = chart.clone();
         tokio::spawn(async move {
@@ -96,7 +96,7 @@ fn child(namespace: &str) {
         loop {
             tokio::select! {
                 line = lines.recv() => match line {
-                    Some(_) => println!("stats {}", chart.stats().packets_sent),
+                    Some(_) => println!("stats {}", chart.stats().io.datagrams_sent),
                     None => break,
                 },
                 _ = terminate.recv() => break,

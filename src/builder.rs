@@ -2,7 +2,7 @@
 //!
 //! **Owns:** every choice a user makes before discovery starts, and the
 //! checks on them. **Must not touch:** sockets (nothing is opened until
-//! [`discovery::maintain`](crate::discovery::maintain) runs).
+//! [`discovery::spawn`](crate::discovery::spawn) runs).
 //!
 //! The builder is typed by two states: whether an id was chosen and what the
 //! instances carry. Forgetting the id, choosing a payload twice, or asking for
@@ -229,7 +229,7 @@ impl<I, P> ChartBuilder<I, P> {
 
 impl<P: Message> ChartBuilder<WithId, P> {
     /// Checks the configuration and creates the chart. Nothing is opened or
-    /// sent until [`discovery::maintain`](crate::discovery::maintain) runs.
+    /// sent until [`discovery::spawn`](crate::discovery::spawn) runs.
     ///
     /// # Errors
     /// A [`BuildError`] that names the setting to change.
@@ -275,7 +275,7 @@ impl<P: Message> ChartBuilder<WithId, P> {
             schedule: o.schedule,
             seed,
         };
-        Ok(Chart::new(settings, payload))
+        Ok(Chart::new(settings, self.payload, payload))
     }
 }
 

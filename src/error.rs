@@ -113,22 +113,27 @@ pub enum DiscoveryError {
         #[source]
         source: io::Error,
     },
-    /// The multicast group could not be joined on an interface.
-    #[error(
-        "could not join multicast group {group} on interface {interface}; check that the interface is up and has a multicast route, or choose one with `with_interface` / `loopback_only()`"
-    )]
-    JoinGroup {
-        /// The group.
-        group: Ipv4Addr,
-        /// The interface address (0.0.0.0 means "the kernel's choice").
-        interface: Ipv4Addr,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
     /// `maintain` or `sniff` is already running for this chart.
     #[error(
-        "discovery is already running for this chart; run one `maintain` or `sniff` per chart (clone the chart to share it)"
+        "discovery is already running for this chart; run one `spawn` (or `maintain`) per chart and clone the chart to share it"
     )]
     AlreadyRunning,
+    /// `discovery::spawn` was called outside a tokio runtime.
+    #[error(
+        "discovery::spawn needs a tokio runtime; call it from async code (for example inside #[tokio::main]) or inside `Runtime::enter()`"
+    )]
+    NoRuntime,
+    /// The protocol refused the configuration (only possible for settings
+    /// the builder does not check, which would be a bug).
+    #[error("the discovery protocol refused its configuration: {0}")]
+    Config(#[source] crate::protocol::ConfigError),
+    /// The discovery task was cancelled (its runtime shut down) or panicked.
+    #[error(
+        "the discovery task {}; discovery has stopped",
+        if *panicked { "panicked (a bug in cohort: please report it)" } else { "was cancelled, most likely because its runtime shut down" }
+    )]
+    Stopped {
+        /// Whether it panicked (rather than being cancelled).
+        panicked: bool,
+    },
 }

@@ -11,7 +11,9 @@
 //!     .with_namespace("my-app")
 //!     .local_discovery(true)
 //!     .finish()?;
-//! tokio::spawn(discovery::maintain(chart.clone()));
+//! // Sockets are open when this returns: set-up errors cannot be lost.
+//! // Dropping the handle says goodbye and stops discovery.
+//! let _discovery = discovery::spawn(&chart)?;
 //! discovery::found_majority(&chart, 5).await;
 //! for (id, addr) in chart.addr_vec() {
 //!     println!("instance {id} serves on {addr}");
@@ -19,48 +21,59 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The user API
+//!
+//! - [`ChartBuilder`] -> [`Chart`]: the shared map of instances, with
+//!   [`Chart::subscribe`] for [`Event`]s (joined, updated, left with a
+//!   [`LeftReason`], conflicts), [`Chart::stats`] and [`Chart::status`].
+//! - [`discovery`]: [`discovery::spawn`] keeps a chart current and returns a
+//!   [`discovery::Discovery`] handle; `found_everyone` / `found_majority` wait
+//!   for a cohort.
+//! - [`local`]: same-host coordination (one primary per application and user).
+//!
+//! [`protocol`] and [`wire`] are the advanced layers underneath, public for
+//! custom drivers, simulation and fuzzing.
+//!
 //! # Architecture
 //!
-//! Four layers, each owning one thing and forbidden to touch the others'
-//! (every module's docs say what it owns and must not touch):
+//! Each layer owns one thing and is forbidden to touch the others' (every
+//! module's docs say what it owns and must not touch):
 //!
 //! | layer | owns | never touches |
 //! |---|---|---|
 //! | [`wire`] | the versioned packet format: magic, version, postcard body; decoding untrusted bytes | sockets, clocks, state |
-//! | [`protocol`] | the discovery rules as a sans-IO state machine: `handle_*` inputs, `poll_*` outputs, `now` as a parameter, a seeded rng | sockets, the system clock, global randomness |
+//! | [`protocol`] | the discovery rules as a sans-IO state machine, and **membership**: inputs `handle_*`, one output `poll_output`, `now` as a parameter, a seeded rng | sockets, the system clock, global randomness |
 //! | `net` (private) | the sockets (socket2 setup) and the tokio driver task | discovery rules, the chart's map |
-//! | `host` (private) | this process's identity (boot id, pid namespace, pid, start time) and watching same-host peers' processes (pidfd) | sockets, discovery rules, the chart |
-//! | [`Chart`], [`ChartBuilder`], [`Event`] | the public handle (an `Arc` of shared state), its builder and change events | sockets, protocol timing |
+//! | `host` (private) | this process's identity and watching same-host peers' processes (pidfd) | sockets, discovery rules, the chart |
+//! | [`Chart`], [`ChartBuilder`], [`discovery`] | the public handle (an `Arc` of shared state): a *view* of the protocol's membership that only protocol events change; its builder; the handle that runs discovery | sockets, protocol timing |
 //!
-//! [`local`] (same-host single instance) stands beside them and shares
-//! nothing with the chart.
+//! [`local`] (same-host coordination) stands beside them and shares nothing
+//! with the chart.
 //!
 //! # The driver's run loop
 //!
-//! [`discovery::maintain`] opens two sockets (a group socket shared by every
+//! [`discovery::spawn`] opens two sockets (a group socket shared by every
 //! instance on the host through `SO_REUSEPORT`, and a unicast socket of its
 //! own whose port travels in every packet as the reply port), creates the
-//! [`protocol::Protocol`] and loops:
+//! [`protocol::Protocol`] and runs a task that loops:
 //!
-//! 1. send every datagram the protocol queued (`poll_transmit`);
-//! 2. apply every protocol event to the chart (`poll_event`), which updates
-//!    the map and notifies subscribers;
-//! 3. sleep until the first of: a datagram on either socket
-//!    (`handle_datagram`), the protocol's timer (`poll_timeout` /
-//!    `handle_timeout`), a watched same-host peer process exiting
-//!    (`handle_process_exit`), or a request from the chart (forget, new
-//!    payload, shutdown).
+//! 1. drain the protocol ([`protocol::Protocol::poll_output`]): send every
+//!    datagram, apply every change to the chart, until it names its next
+//!    timeout;
+//! 2. sleep until the first input: a datagram on either socket, the timer, a
+//!    watched same-host peer process exiting, or a request from the chart
+//!    (forget, new payload, shutdown).
 //!
 //! Nothing polls: between announcements the task is parked in the kernel.
-//! Socket errors are logged with `tracing` and survived; only set-up
-//! failures end `maintain`, as a [`DiscoveryError`].
+//! Socket errors are counted and survived; a group that cannot be joined yet
+//! is retried and shown in [`Chart::status`].
 //!
 //! # Input is hostile
 //!
 //! Every datagram is decoded by [`wire::decode`], which never panics, never
 //! allocates, and rejects wrong magic, unknown versions, oversize datagrams
 //! and trailing bytes with a typed [`DecodeError`]. Rejected datagrams are
-//! dropped and logged at debug level; they never change state.
+//! dropped and counted; they never change state.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -72,12 +85,20 @@ mod host;
 pub mod local;
 mod net;
 pub mod protocol;
+mod status;
 pub mod wire;
 
 pub use builder::ChartBuilder;
 pub use chart::{
-    Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Ports, Subscription,
+    Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Notify, Ports, Subscription,
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
-pub use protocol::{Schedule, Stats};
+pub use protocol::Schedule;
+pub use status::{IoStats, Problem, Stats, Status};
 pub use wire::{DecodeError, Id};
+
+/// The README's code, compiled and run as doctests so it cannot drift from
+/// the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -50,7 +50,7 @@ fn liveness_child() {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         let task = tokio::spawn(discovery::maintain(chart.clone()));
-        discovery::found_everyone(&chart, total as usize).await;
+        discovery::found_everyone(&chart, total as u16).await;
         println!("ready");
         let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {

@@ -28,7 +28,7 @@ fn builder(port: u16, id: u64) -> ChartBuilder<cohort::builder::WithId> {
 
 async fn all_find_each_other<M: Message>(charts: &[Chart<M>]) {
     for chart in charts {
-        timeout(BOUND, discovery::found_everyone(chart, charts.len()))
+        timeout(BOUND, discovery::found_everyone(chart, charts.len() as u16))
             .await
             .unwrap_or_else(|_| {
                 panic!(
@@ -190,7 +190,7 @@ async fn garbage_sent_to_the_discovery_port_does_not_stop_discovery() {
     // flood: "hello" has bad magic; empty and "cht\0" are truncated; 9000
     // bytes is oversize; version 9 is unsupported; the rest are truncated
     // or malformed bodies.
-    let stats = first.stats();
+    let stats = first.stats().protocol;
     assert_eq!(stats.dropped_bad_magic, 2, "{stats:?}");
     assert_eq!(stats.dropped_oversize, 2, "{stats:?}");
     assert_eq!(stats.dropped_bad_version, 2, "{stats:?}");
@@ -335,7 +335,7 @@ async fn running_discovery_twice_for_one_chart_is_an_error() {
 fn child_process_entry() {
     let port: u16 = std::env::var("COHORT_CHILD_PORT").unwrap().parse().unwrap();
     let id: u64 = std::env::var("COHORT_CHILD_ID").unwrap().parse().unwrap();
-    let total: usize = std::env::var("COHORT_CHILD_TOTAL")
+    let total: u16 = std::env::var("COHORT_CHILD_TOTAL")
         .unwrap()
         .parse()
         .unwrap();

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cohort::protocol::{Config, Destination, Event, LeftReason, Mode, Protocol, Schedule};
+use cohort::protocol::{Change, Config, Destination, LeftReason, Mode, Output, Protocol, Schedule};
 
 /// Loss and latency of the simulated LAN.
 #[derive(Clone, Copy)]
@@ -37,11 +37,13 @@ struct Sim {
     link: Link,
     rng: u64,
     instances: Vec<Option<Protocol>>,
+    /// When each instance next wants `handle_timeout`.
+    timers: Vec<Option<Duration>>,
     addrs: Vec<SocketAddr>,
     by_addr: HashMap<SocketAddr, usize>,
     known: Vec<usize>,
     /// Every event each instance emitted, with its virtual time.
-    log: Vec<Vec<(Duration, Event)>>,
+    log: Vec<Vec<(Duration, Change)>>,
     schedule: Schedule,
     in_flight: BinaryHeap<Reverse<(Duration, u64)>>,
     deliveries: HashMap<u64, Delivery>,
@@ -64,6 +66,7 @@ impl Sim {
             link,
             rng: seed,
             instances: (0..n).map(|_| None).collect(),
+            timers: vec![None; n],
             by_addr: addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             addrs,
             known: vec![0; n],
@@ -100,15 +103,16 @@ impl Sim {
             seed: self.rng ^ (i as u64 + incarnation).wrapping_mul(0x2545_F491_4F6C_DD1D),
             mode: Mode::Announce,
             reply_port: self.addrs[i].port(),
-            process: None,
+            ..Config::default()
         };
-        self.instances[i] = Some(Protocol::new(config, self.base + self.now));
+        self.instances[i] = Some(Protocol::new(config, self.base + self.now).unwrap());
         self.flush(i);
     }
 
     /// The instance stops dead: no goodbye, nothing more sent or received.
     fn crash(&mut self, i: usize) {
         self.instances[i] = None;
+        self.timers[i] = None;
     }
 
     /// When each other instance saw `id` leave, and why.
@@ -116,7 +120,7 @@ impl Sim {
         let mut out = Vec::new();
         for (i, log) in self.log.iter().enumerate() {
             for (at, event) in log {
-                if let Event::Left { id: left, reason } = event
+                if let Change::Left { id: left, reason } = event
                     && *left == id
                 {
                     out.push((i, *at, *reason));
@@ -131,22 +135,26 @@ impl Sim {
         let mut joined: isize = 0;
         {
             let p = self.instances[i].as_mut().unwrap();
-            while let Some(t) = p.poll_transmit() {
-                transmits.push(t);
-            }
-            while let Some(event) = p.poll_event() {
-                match event {
-                    Event::Joined { .. } => joined += 1,
-                    Event::Left { .. } => joined -= 1,
-                    _ => {}
+            let timeout = loop {
+                match p.poll_output() {
+                    Output::Transmit(t) => transmits.push(t),
+                    Output::Change(change) => {
+                        match change {
+                            Change::Joined(_) => joined += 1,
+                            Change::Left { .. } => joined -= 1,
+                            _ => {}
+                        }
+                        self.log[i].push((self.now, change));
+                    }
+                    Output::Timeout(at) => break at,
                 }
-                self.log[i].push((self.now, event));
-            }
+            };
+            self.timers[i] = timeout.map(|at| at - self.base);
         }
         self.known[i] = self.known[i].wrapping_add_signed(joined);
         for t in transmits {
             self.sent[i] += 1;
-            let bytes = Rc::new(t.contents);
+            let bytes = Rc::new(t.contents.to_vec());
             let targets: Vec<usize> = match t.destination {
                 // The sender hears its own multicast too (loopback on).
                 Destination::Group => (0..self.instances.len()).collect(),
@@ -180,10 +188,11 @@ impl Sim {
     fn step(&mut self, until: Duration) -> bool {
         let next_delivery = self.in_flight.peek().map(|Reverse((at, _))| *at);
         let next_timer = self
-            .instances
+            .timers
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| Some((p.as_ref()?.poll_timeout()? - self.base, i)))
+            .filter(|(i, _)| self.instances[*i].is_some())
+            .filter_map(|(i, t)| Some(((*t)?, i)))
             .min();
         let timer_first = match (next_delivery, next_timer) {
             (None, None) => return false,
@@ -237,6 +246,15 @@ impl Sim {
     fn run_until(&mut self, until: Duration) {
         while self.step(until) {}
         self.now = until;
+    }
+}
+
+/// The first datagram a new instance with `config` sends.
+fn first_packet(config: Config) -> Vec<u8> {
+    let mut p = Protocol::new(config, Instant::now()).unwrap();
+    match p.poll_output() {
+        Output::Transmit(t) => t.contents.to_vec(),
+        other => panic!("expected a transmit, got {other:?}"),
     }
 }
 
@@ -429,46 +447,30 @@ fn a_restarted_peer_replaces_its_old_incarnation_without_leaving() {
     }
     sim.run_until(Duration::from_secs(30));
     // An announcement of the old incarnation, to be delivered late.
-    let late = Protocol::new(
-        Config {
-            id: 2,
-            incarnation: 1,
-            namespace: "sim".into(),
-            payload: vec![2],
-            schedule: Schedule::default(),
-            seed: 0,
-            mode: Mode::Announce,
-            reply_port: sim.addrs[2].port(),
-            process: None,
-        },
-        sim.base,
-    )
-    .poll_transmit()
-    .unwrap()
-    .contents;
+    let late = first_packet(Config {
+        id: 2,
+        incarnation: 1,
+        namespace: "sim".into(),
+        payload: vec![2],
+        reply_port: sim.addrs[2].port(),
+        ..Config::default()
+    });
     sim.crash(2);
     sim.start_as(2, 2, 2);
     sim.run_until(Duration::from_secs(31));
     for i in [0, 1, 3, 4] {
         let p = sim.instances[i].as_mut().unwrap();
-        assert_eq!(p.peers()[&2].incarnation, 2, "instance {i}");
+        assert_eq!(p.peer(2).unwrap().incarnation, 2, "instance {i}");
         let from = sim.addrs[2];
         assert!(p.handle_datagram(sim.base + sim.now, from, &late).is_err());
         assert_eq!(
-            p.peers()[&2].incarnation,
+            p.peer(2).unwrap().incarnation,
             2,
             "a late old packet changed instance {i}"
         );
-        let restarted = sim.log[i].iter().any(|(_, e)| {
-            matches!(
-                e,
-                Event::Updated {
-                    id: 2,
-                    incarnation: 2,
-                    ..
-                }
-            )
-        });
+        let restarted = sim.log[i].iter().any(
+            |(_, e)| matches!(e, Change::Updated(info) if info.id == 2 && info.incarnation == 2),
+        );
         assert!(restarted, "instance {i} saw no update");
     }
     assert!(
@@ -491,7 +493,7 @@ fn two_live_instances_claiming_one_id_are_reported_as_a_conflict() {
     let reported = |i: usize| {
         sim.log[i]
             .iter()
-            .any(|(_, e)| matches!(e, Event::Conflict { id: 1, .. }))
+            .any(|(_, e)| matches!(e, Change::Conflict { id: 1, .. }))
     };
     assert!(
         reported(1),
@@ -528,23 +530,15 @@ fn idle_instances_on_the_quiet_preset_send_at_most_two_datagrams_a_minute_each()
 fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
     let mut sim = Sim::new(2, LAN, 77);
     sim.start(0);
-    let valid = Protocol::new(
-        Config {
-            id: 1,
-            incarnation: 1,
-            namespace: "sim".into(),
-            payload: vec![1, 2, 3],
-            schedule: Schedule::default(),
-            seed: 1,
-            mode: Mode::Announce,
-            reply_port: 40_000,
-            process: None,
-        },
-        sim.base,
-    )
-    .poll_transmit()
-    .unwrap()
-    .contents;
+    let valid = first_packet(Config {
+        id: 1,
+        incarnation: 1,
+        namespace: "sim".into(),
+        payload: vec![1, 2, 3],
+        seed: 1,
+        reply_port: 40_000,
+        ..Config::default()
+    });
     let mut rng = 0x5EED_u64;
     let mut next = move || {
         rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -575,16 +569,16 @@ fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
         }
         let _ = p.handle_datagram(sim.base, from, &bytes);
     }
-    assert_eq!(p.stats().packets_received, 100_000);
-    for id in p.peers().keys() {
+    assert_eq!(p.stats().datagrams_received, 100_000);
+    for (id, _) in p.peers() {
         assert!(
-            announced.contains(id),
+            announced.contains(&id),
             "peer {id} was never announced by a valid packet"
         );
     }
     sim.start(1);
     sim.run_until(Duration::from_secs(1));
-    assert!(sim.instances[0].as_ref().unwrap().peers().contains_key(&1));
+    assert!(sim.instances[0].as_ref().unwrap().peer(1).is_some());
 }
 
 /// An instance frozen for twice the TTL (SIGSTOP, a paused VM) wakes to an
@@ -614,11 +608,11 @@ fn an_instance_stalled_past_the_ttl_does_not_evict_live_peers_on_waking() {
     sim.run_until(resume_at + ttl);
     let evictions: Vec<_> = sim.log[0]
         .iter()
-        .filter(|(at, e)| *at >= resume_at && matches!(e, Event::Left { .. }))
+        .filter(|(at, e)| *at >= resume_at && matches!(e, Change::Left { .. }))
         .collect();
     assert!(
         evictions.is_empty(),
         "evicted live peers on waking: {evictions:?}"
     );
-    assert_eq!(sim.instances[0].as_ref().unwrap().peers().len(), n - 1);
+    assert_eq!(sim.instances[0].as_ref().unwrap().peer_count(), n - 1);
 }

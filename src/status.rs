@@ -1,0 +1,109 @@
+//! How discovery is doing: counters and problems a user can act on.
+//!
+//! **Owns:** [`Stats`] (the protocol's counters beside the sockets'),
+//! [`IoStats`], [`Status`] and [`Problem`]. **Must not touch:** anything
+//! that runs; the driver fills these in, the chart hands out copies.
+
+use std::time::Duration;
+
+use crate::protocol;
+
+/// Everything counted for one chart. Monotonic, since the chart was built.
+///
+/// ```no_run
+/// # fn demo(chart: &cohort::Chart<u16>) {
+/// let stats = chart.stats();
+/// println!("{} datagrams sent, {} dropped as stale", stats.io.datagrams_sent, stats.protocol.dropped_stale);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// What the protocol received, decided and queued.
+    pub protocol: protocol::Stats,
+    /// What the sockets did.
+    pub io: IoStats,
+}
+
+/// What the sockets did: datagrams really sent (not merely queued),
+/// failures, and attempts to join the multicast group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoStats {
+    /// Datagrams the kernel accepted for sending.
+    pub datagrams_sent: u64,
+    /// Bytes in them.
+    pub bytes_sent: u64,
+    /// Sends the kernel refused (no route, unreachable, buffer full, ...).
+    pub send_failures: u64,
+    /// Datagrams read from the sockets.
+    pub datagrams_received: u64,
+    /// Receive calls that failed.
+    pub receive_failures: u64,
+    /// Attempts to join the multicast group that failed (each is retried).
+    pub join_failures: u64,
+}
+
+/// How discovery is doing right now, from
+/// [`Chart::status`](crate::Chart::status).
+///
+/// ```no_run
+/// # fn demo(chart: &cohort::Chart<u16>) {
+/// for problem in chart.status().problems {
+///     eprintln!("discovery: {problem}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// Whether discovery runs for this chart.
+    pub running: bool,
+    /// Whether the multicast group is joined, so this instance can hear
+    /// announcements.
+    pub joined: bool,
+    /// What stands in the way, if anything. Empty when all is well.
+    pub problems: Vec<Problem>,
+}
+
+/// Something that keeps discovery from working fully. Each says what is
+/// wrong and what to do about it; discovery keeps retrying meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The multicast group could not be joined, so nothing is heard (no
+    /// network yet, no multicast route, interface down). Retried with
+    /// backoff; discovery starts working when the network appears.
+    NotJoined {
+        /// The operating system's error.
+        error: String,
+        /// Failed attempts so far.
+        attempts: u64,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
+    /// Sending to the group fails, so peers cannot hear this instance.
+    SendFailing {
+        /// The operating system's error.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::NotJoined {
+                error,
+                attempts,
+                retry_in,
+            } => write!(
+                f,
+                "not listening: joining the multicast group failed {attempts} time(s) ({error}); retrying in {retry_in:?}. Check that a network interface is up and has a multicast route (`ip route get 239.255.47.86`), or use `loopback_only()` on a single host"
+            ),
+            Problem::SendFailing { error } => write!(
+                f,
+                "peers cannot hear this instance: sending to the multicast group fails ({error}). Check the interface and its multicast route"
+            ),
+        }
+    }
+}
