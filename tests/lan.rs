@@ -5,7 +5,8 @@
 //! namespaces of its own and touches no interface of the machine.
 //!
 //! Each test skips, printing `SKIPPED: <reason>`, only when `scripts/lan.sh
-//! check` says namespaces cannot be created here (not root, no iproute2).
+//! check` says namespaces cannot be created here (not root, no iproute2),
+//! and fails instead when `CI` is set, so a green CI means they ran.
 //!
 //! The instances are real processes: the test binary re-executes itself as
 //! `lan_child` (ignored when run directly) on a host through `scripts/lan.sh
@@ -155,6 +156,11 @@ impl Lan {
     /// why, if namespaces cannot be created here.
     fn up(test: &str, tag: char, hosts: usize) -> Option<Lan> {
         if let Err(reason) = lan_possible() {
+            // A green CI must mean these tests ran.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: cannot build a LAN here, and CI is set: {reason}"
+            );
             eprintln!("SKIPPED: {test}: {reason}");
             // Straight to the process's stderr, past the test harness's
             // capture, so the skip shows in a passing run too.
