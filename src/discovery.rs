@@ -101,13 +101,16 @@ pub async fn sniff<M: Message>(chart: Chart<M>) -> Result<(), DiscoveryError> {
     Driver::open(chart, Mode::Sniff)?.run().await
 }
 
-/// Waits until `full_size` instances, this one included, are in the chart.
+/// Waits until `full_size` instances, this one included, have been in the
+/// chart at the same time since the call. (A peer that joined and left again
+/// in between still counts: it was found.)
 pub async fn found_everyone<M: Message>(chart: &Chart<M>, full_size: u16) {
     chart.wait_for_size(usize::from(full_size)).await;
 }
 
 /// Waits until more than half of `full_size` instances, this one included,
-/// are in the chart: `full_size / 2 + 1` of them (3 of 4, 3 of 5).
+/// have been in the chart at the same time since the call: `full_size / 2 +
+/// 1` of them (3 of 4, 3 of 5).
 pub async fn found_majority<M: Message>(chart: &Chart<M>, full_size: u16) {
     chart.wait_for_size(usize::from(full_size) / 2 + 1).await;
 }

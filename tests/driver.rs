@@ -56,19 +56,21 @@ async fn a_new_message_is_announced_at_once_not_at_the_next_timer() {
             .unwrap();
     }
     let mut events = b.subscribe();
-    a.set_service_port(7);
-    // The next timer of either instance is about 10 s away.
-    loop {
-        match timeout(BOUND, events.recv()).await {
-            Err(_) => panic!("the new port did not arrive before the next timer"),
-            Ok(Ok(Event::Updated(entry))) if entry.id == 1 => {
-                assert_eq!(entry.msg, 7);
-                break;
+    // The first update may ride on a datagram still in flight from the
+    // handshake (any input made the old driver send what was queued); by
+    // the second, nothing is left to carry it but the driver itself.
+    for port in [7, 8] {
+        a.set_service_port(port);
+        // The next timer of either instance is seconds away.
+        loop {
+            match timeout(BOUND, events.recv()).await {
+                Err(_) => panic!("port {port} did not arrive before the next timer"),
+                Ok(Ok(Event::Updated(entry))) if entry.id == 1 && entry.msg == port => break,
+                Ok(_) => {}
             }
-            Ok(_) => {}
         }
     }
-    assert_eq!(a.our_service_port(), 7);
+    assert_eq!(a.our_service_port(), 8);
 }
 
 #[tokio::test]

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each benchmark uses part of these helpers
 //! Helpers shared by the benchmarks: timestamps that cross process
 //! boundaries, per-process CPU time, and a median [min, max] summary.
 

@@ -65,7 +65,6 @@ pub(crate) struct Shared<M> {
     pub(crate) settings: Settings,
     view: Mutex<View<M>>,
     events: broadcast::Sender<Event<M>>,
-    size: watch::Sender<usize>,
     stats: Mutex<Stats>,
     status: watch::Sender<Status>,
     /// Wakes the driver when a request is pending. A permit is stored when
@@ -103,7 +102,7 @@ impl<M> std::fmt::Debug for Chart<M> {
             .field("id", &settings.id)
             .field("namespace", &settings.namespace)
             .field("discovery_port", &settings.port)
-            .field("size", &*self.shared.size.borrow())
+            .field("size", &(lock(&self.shared.view).entries.len() + 1))
             .finish_non_exhaustive()
     }
 }
@@ -121,7 +120,6 @@ impl<M: Message> Chart<M> {
                     control: Control::default(),
                 }),
                 events,
-                size: watch::Sender::new(1),
                 stats: Mutex::new(Stats::default()),
                 status: watch::Sender::new(Status::default()),
                 wake: tokio::sync::Notify::new(),
@@ -276,11 +274,26 @@ impl<M: Message> Chart<M> {
         }
     }
 
-    /// Waits until at least `n` instances, this one included, are known.
+    /// Waits until at least `n` instances, this one included, have been in
+    /// the chart at the same time since the call.
+    ///
+    /// Follows the ordered event stream rather than sampling the size, so a
+    /// peer that joins and leaves again before this task runs (it finished
+    /// and said goodbye) still counts: the join was seen.
     pub(crate) async fn wait_for_size(&self, n: usize) {
-        let mut size = self.shared.size.subscribe();
-        // The sender lives in `shared`, which `self` keeps alive: no error.
-        let _ = size.wait_for(|&known| known >= n).await;
+        let (mut events, mut known) = {
+            // Under the view's lock, so no change falls between the two.
+            let view = self.view();
+            (self.subscribe(), view.entries.len() + 1)
+        };
+        while known < n {
+            match events.recv().await {
+                Ok(Event::Joined(_)) => known += 1,
+                Ok(Event::Left { .. }) => known -= 1,
+                Ok(_) => {}
+                Err(Lagged { .. }) => known = self.size(),
+            }
+        }
     }
 
     /// Claims the chart for a discovery run; `None` if one is running. The
@@ -345,7 +358,6 @@ impl<M: Message> Chart<M> {
             Change::Conflict { id, other } => Event::Conflict { id, other },
         };
         let _ = self.shared.events.send(event);
-        self.shared.size.send_replace(view.entries.len() + 1);
     }
 
     fn entry(&self, info: PeerInfo) -> Option<Entry<M>> {
@@ -369,7 +381,6 @@ impl<M: Message> Chart<M> {
     fn remove(&self, view: &mut View<M>, id: Id, reason: LeftReason) {
         if view.entries.remove(&id).is_some() {
             let _ = self.shared.events.send(Event::Left { id, reason });
-            self.shared.size.send_replace(view.entries.len() + 1);
         }
     }
 

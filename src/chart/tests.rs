@@ -151,3 +151,24 @@ fn only_one_run_at_a_time_and_its_end_frees_the_chart() {
     assert!(!chart.status().running);
     assert!(chart.begin_run().is_some());
 }
+
+/// instance-chart's `exchange_id` example exits as soon as it has found
+/// everyone, so its goodbye can follow its join before the waiting task
+/// of a peer runs. Sampling the size then saw 1 and waited forever; the
+/// ordered events show the join.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_joins_and_leaves_before_the_waiter_runs_was_still_found() {
+    let chart = chart();
+    let waiter = tokio::spawn({
+        let chart = chart.clone();
+        async move { crate::discovery::found_everyone(&chart, 2).await }
+    });
+    // Let the waiter subscribe, then join and leave with no await between.
+    tokio::task::yield_now().await;
+    chart.apply(joined(5));
+    chart.apply(left(5, LeftReason::Goodbye));
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the join was missed")
+        .unwrap();
+}
