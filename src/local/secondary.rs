@@ -67,6 +67,32 @@ impl Secondary {
     }
 }
 
+impl Secondary {
+    /// Asks the primary to stop accepting (see `InstanceHandle::shutdown`).
+    pub(crate) async fn request_shutdown(mut self) -> Result<(), Error> {
+        let pid = self.pid;
+        let ask = frame::encode(&ToPrimary::Shutdown)?;
+        let waited = self.reply_timeout;
+        let exchange = async {
+            frame::write_frame(&mut self.stream, &ask).await?;
+            let mut buf = Vec::new();
+            frame::read_frame(&mut self.stream, &mut buf).await?;
+            match frame::decode::<ToSecondary<'_>>(&buf)? {
+                ToSecondary::Stopping => Ok(Ok(())),
+                ToSecondary::Refused { shutting_down } => Ok(Err(shutting_down)),
+                _ => Err(FrameError::Unexpected("not an answer to a shutdown request")),
+            }
+        };
+        match tokio::time::timeout(waited, exchange).await {
+            Err(_) => Err(Error::ReplyTimeout { pid, waited }),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(shutting_down))) => Err(Error::Refused { pid, shutting_down }),
+            Ok(Err(FrameError::Closed | FrameError::Truncated)) => Err(Error::Disconnected { pid }),
+            Ok(Err(source)) => Err(Error::Frame { pid, source }),
+        }
+    }
+}
+
 enum Answer {
     Reply(Reply),
     Refused { shutting_down: bool },
@@ -83,6 +109,7 @@ async fn exchange(stream: &mut UnixStream, request: &[u8]) -> Result<Answer, Fra
         })),
         ToSecondary::Refused { shutting_down } => Ok(Answer::Refused { shutting_down }),
         ToSecondary::Hello { .. } => Err(FrameError::Unexpected("a second greeting")),
+        _ => Err(FrameError::Unexpected("not a reply to a request")),
     }
 }
 
