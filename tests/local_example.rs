@@ -4,7 +4,7 @@
 //!
 //! `cargo test` builds the examples next to the test binaries; when the example
 //! binary is missing (for example with `cargo test --test local_example` alone)
-//! the test says so and skips. Run inside a private network namespace:
+//! the test says so and skips, or fails under CI (`CI` set). Run inside a private network namespace:
 //! `/work/shared/bin/isolated cargo test`.
 
 use std::path::PathBuf;
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+
+mod common;
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -26,8 +28,8 @@ fn example() -> Option<PathBuf> {
 #[tokio::test]
 async fn the_example_prints_its_role_first_and_a_second_run_prints_the_primary_answer() {
     let Some(example) = example() else {
-        eprintln!(
-            "SKIPPED: the single_instance example is not built; run `cargo test` (which builds examples) or `cargo build --example single_instance` first"
+        common::cannot_run_here(
+            "the single_instance example is not built; run `cargo test` (which builds examples) or `cargo build --example single_instance` first",
         );
         return;
     };

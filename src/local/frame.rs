@@ -345,6 +345,18 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     writer.flush().await.map_err(FrameError::Io)
 }
 
+/// Decodes an application value that must fill `bytes` exactly: postcard is
+/// not self-describing, so trailing bytes are the only sign that the other
+/// side used another type.
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, postcard::Error> {
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        _ => Err(postcard::Error::DeserializeBadEncoding),
+    }
+}
+
 /// Decodes an optional application payload carried in a request or reply.
 pub(crate) fn decode_payload<T: serde::de::DeserializeOwned>(
     payload: Option<&[u8]>,

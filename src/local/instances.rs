@@ -257,7 +257,7 @@ impl Instances {
             if (&mut file).take(MAX_RECORD).read_to_end(&mut bytes).is_err() {
                 continue;
             }
-            if let Ok(identity) = postcard::from_bytes::<ProcessIdentity>(&bytes) {
+            if let Ok(identity) = frame::decode_exact::<ProcessIdentity>(&bytes) {
                 live.push(Instance { identity, socket });
             }
         }
@@ -302,7 +302,7 @@ impl Instances {
                 instance,
                 result: raw
                     .unwrap_or(Err(HandshakeError::Gone))
-                    .and_then(|bytes| postcard::from_bytes(&bytes).map_err(HandshakeError::Payload)),
+                    .and_then(|bytes| frame::decode_exact(&bytes).map_err(HandshakeError::Payload)),
             })
             .collect())
     }
@@ -333,7 +333,7 @@ impl Instance {
         let bytes = tokio::time::timeout(timeout, exchange(self.socket.clone(), self.identity.pid, &ask))
             .await
             .unwrap_or(Err(HandshakeError::Timeout))?;
-        postcard::from_bytes(&bytes).map_err(HandshakeError::Payload)
+        frame::decode_exact(&bytes).map_err(HandshakeError::Payload)
     }
 
     /// Blocking form of [`Instance::handshake`]; a runtime error becomes
@@ -409,7 +409,7 @@ where
         };
         conn.set_busy();
         let reply = match frame::decode::<ToInstance<'_>>(&buf) {
-            Ok(ToInstance::Ask(payload)) => match postcard::from_bytes::<Q>(payload) {
+            Ok(ToInstance::Ask(payload)) => match frame::decode_exact::<Q>(payload) {
                 Ok(question) => {
                     let answer = (self.handler)(question);
                     match postcard::to_allocvec(&answer) {
