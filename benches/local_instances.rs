@@ -229,7 +229,11 @@ fn main() {
     );
     let (spawned, reused) = ensure(n_spawn, n_reuse);
     summary("Daemon::ensure, spawning the daemon", spawned, "(report)");
-    summary("Daemon::ensure, reusing the running daemon", reused, "(report)");
+    summary(
+        "Daemon::ensure, reusing the running daemon",
+        reused,
+        "(report)",
+    );
     for name in ["probe", "instances", "ensure"] {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("cohort-bench-{}-{name}", std::process::id())),

@@ -37,24 +37,32 @@ async fn serve() -> Result<(), cohort::local::Error> {
         eprintln!("a daemon is already running; exiting");
         return Ok(());
     };
-    eprintln!("daemon {} ready at {}", std::process::id(), primary.endpoint());
+    eprintln!(
+        "daemon {} ready at {}",
+        std::process::id(),
+        primary.endpoint()
+    );
     let mut served = 0u64;
     while let Some(request) = primary.next_request().await {
         served += 1;
         let answer = format!("daemon {}: pong #{served}", std::process::id());
         request.reply(Reply::ok().with_payload(&answer)?).await?;
     }
-    eprintln!("daemon {} stopping after {served} requests", std::process::id());
+    eprintln!(
+        "daemon {} stopping after {served} requests",
+        std::process::id()
+    );
     Ok(())
 }
 
 async fn client() -> Result<(), cohort::local::Error> {
-    let mut command = Command::new(std::env::current_exe().map_err(|source| {
-        cohort::local::Error::Io {
-            what: "finding this program",
-            source,
-        }
-    })?);
+    let mut command =
+        Command::new(
+            std::env::current_exe().map_err(|source| cohort::local::Error::Io {
+                what: "finding this program",
+                source,
+            })?,
+        );
     command.arg("--serve");
     if let Some(dir) = std::env::var_os("COHORT_EXAMPLE_DIR") {
         command.env("COHORT_EXAMPLE_DIR", dir);
@@ -63,7 +71,11 @@ async fn client() -> Result<(), cohort::local::Error> {
         .replace_if_binary_differs(true)
         .ensure()
         .await?;
-    let reply = daemon.connect().await?.forward(Forward::new().arg("ping")).await?;
+    let reply = daemon
+        .connect()
+        .await?
+        .forward(Forward::new().arg("ping"))
+        .await?;
     println!("{}", reply.payload::<String>()?.unwrap_or_default());
     Ok(())
 }

@@ -188,7 +188,11 @@ fn sixteen_processes_ensuring_at_once_spawn_exactly_one_daemon_and_all_hold_it()
     );
     assert_eq!(spawned(&dir), [pid], "exactly one daemon was ever started");
     // Detached: a session of its own, stdio in the log.
-    assert_eq!(session_of(pid), pid as i32, "the daemon leads its own session");
+    assert_eq!(
+        session_of(pid),
+        pid as i32,
+        "the daemon leads its own session"
+    );
     let log = std::fs::read_to_string(dir.join(APP).join("daemon.log")).unwrap();
     assert!(log.contains(&format!("daemon {pid} ready")), "{log}");
 

@@ -127,11 +127,19 @@ async fn the_daemon_example_starts_one_daemon_reuses_it_and_stops_it() {
     let first = run(None).await;
     let second = run(None).await;
     let pid = |line: &str| -> String {
-        line.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string()
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(':')
+            .to_string()
     };
     assert!(first.ends_with("pong #1\n"), "{first}");
     assert!(second.ends_with("pong #2\n"), "{second}");
-    assert_eq!(pid(&first), pid(&second), "the second run reuses the daemon");
+    assert_eq!(
+        pid(&first),
+        pid(&second),
+        "the second run reuses the daemon"
+    );
     let stopped = run(Some("--stop")).await;
     assert_eq!(stopped.trim(), format!("stopped daemon {}", pid(&first)));
     assert!(

@@ -183,7 +183,9 @@ async fn two_hundred_connections_announcing_a_mebibyte_and_sending_one_byte_keep
     }
     real_secondary_is_served(&dir).await;
     let grown_kib = primary.rss_kib().saturating_sub(rss_before);
-    eprintln!("RSS before {rss_before} KiB, grew by {grown_kib} KiB under 200 x (1 MiB announced, 1 byte sent)");
+    eprintln!(
+        "RSS before {rss_before} KiB, grew by {grown_kib} KiB under 200 x (1 MiB announced, 1 byte sent)"
+    );
     assert!(
         grown_kib < 16 * 1024,
         "the primary's RSS grew by {grown_kib} KiB; it must not allocate announced lengths"
@@ -231,7 +233,10 @@ async fn is_closed_by_the_primary(s: &mut UnixStream) {
     let read = tokio::time::timeout(BOUND, s.read_to_end(&mut rest))
         .await
         .expect("the primary closes the connection");
-    assert!(read.is_err() || rest.len() <= 7, "got more than a greeting: {rest:?}");
+    assert!(
+        read.is_err() || rest.len() <= 7,
+        "got more than a greeting: {rest:?}"
+    );
 }
 
 #[tokio::test]

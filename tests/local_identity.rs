@@ -41,7 +41,10 @@ fn identity_after_exec(pid: u32, program: &Path) -> ProcessIdentity {
         if id.exe == program {
             return id;
         }
-        assert!(std::time::Instant::now() < deadline, "the child never exec'd");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never exec'd"
+        );
         std::thread::yield_now();
     }
 }

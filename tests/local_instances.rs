@@ -106,7 +106,11 @@ async fn fifty_instances_ten_killed_one_stopped_list_and_handshake_exactly_the_l
     }
     let live: BTreeSet<u32> = fleet.0.iter().map(Child::id).collect();
     let listed = app(&dir).list().unwrap();
-    assert_eq!(pids(&listed), live, "exactly the 40 live instances are listed");
+    assert_eq!(
+        pids(&listed),
+        live,
+        "exactly the 40 live instances are listed"
+    );
     for instance in &listed {
         assert_eq!(instance.identity().verify(), cohort::local::Verdict::Alive);
     }
@@ -156,8 +160,17 @@ fn a_registration_dropped_is_no_longer_listed_and_one_instance_can_be_asked_alon
         .unwrap();
     assert_eq!(doubled, 42);
     // A question of another type is answered "not understood", not guessed at.
-    let wrong = listed[0].handshake_blocking::<str, u32>("a string that is not a u32 question", Duration::from_secs(5));
-    assert!(matches!(wrong, Err(HandshakeError::NotUnderstood | HandshakeError::Payload(_))), "{wrong:?}");
+    let wrong = listed[0].handshake_blocking::<str, u32>(
+        "a string that is not a u32 question",
+        Duration::from_secs(5),
+    );
+    assert!(
+        matches!(
+            wrong,
+            Err(HandshakeError::NotUnderstood | HandshakeError::Payload(_))
+        ),
+        "{wrong:?}"
+    );
     assert!(registration.socket().exists());
     drop(registration);
     assert!(app(&dir).list().unwrap().is_empty());

@@ -99,8 +99,8 @@ fn a_real_primary_is_accepted_and_its_handle_names_it() {
     };
     drop(runtime);
     let me = ProcessIdentity::current().unwrap();
-    let handle = InstanceHandle::probe_blocking(&app(&dir), &Expect::any().exe_hash(me.exe_hash))
-        .unwrap();
+    let handle =
+        InstanceHandle::probe_blocking(&app(&dir), &Expect::any().exe_hash(me.exe_hash)).unwrap();
     assert_eq!(handle.identity(), &me);
     assert!(handle.is_alive());
     // Expecting another process (an old record) is refused with the reason.

@@ -161,7 +161,9 @@ impl Daemon {
     fn app_dir(&self) -> Result<PathBuf, Error> {
         match self.app.plan()?.kind {
             PlanKind::Files { dir, .. } => Ok(dir),
-            PlanKind::Abstract { .. } => dir::user_dir(&self.app.app, self.app.runtime_dir.as_deref()),
+            PlanKind::Abstract { .. } => {
+                dir::user_dir(&self.app.app, self.app.runtime_dir.as_deref())
+            }
         }
     }
 
@@ -191,7 +193,9 @@ impl Daemon {
             match file.try_lock() {
                 Ok(()) => return Ok(file),
                 Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(source)) => return Err(Error::Lock { path, source }),
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(Error::Lock { path, source });
+                }
             }
             if start.elapsed() >= self.ready_timeout {
                 return Err(Error::Timeout {

@@ -197,9 +197,7 @@ pub enum Error {
         waited: Duration,
     },
     /// The daemon program could not be started at all.
-    #[error(
-        "could not start the daemon {program}; check that the path exists and is executable"
-    )]
+    #[error("could not start the daemon {program}; check that the path exists and is executable")]
     Spawn {
         /// The program.
         program: PathBuf,

@@ -468,7 +468,11 @@ mod tests {
         while !reader.is_complete() {
             used += reader.push(&stream[used..used + 1]).unwrap();
         }
-        assert_eq!(used, frame.len(), "not one byte of the next frame was taken");
+        assert_eq!(
+            used,
+            frame.len(),
+            "not one byte of the next frame was taken"
+        );
         let back: ToPrimary<'_> = decode(reader.body()).unwrap();
         assert_eq!(back, ToPrimary::Challenge { nonce: [9; 16] });
     }

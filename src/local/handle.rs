@@ -178,7 +178,10 @@ impl InstanceHandle {
         {
             return Err(ProbeError::Unexpected {
                 pid,
-                what: format!("expected pid {} started at tick {}", want.pid, want.start_time),
+                what: format!(
+                    "expected pid {} started at tick {}",
+                    want.pid, want.start_time
+                ),
             }
             .into());
         }
@@ -207,7 +210,10 @@ impl InstanceHandle {
 
     /// Blocking form of [`InstanceHandle::probe`]. Inside an async runtime it
     /// fails with [`Error::BlockingInRuntime`].
-    pub fn probe_blocking(app: &SingleInstance, expected: &Expect) -> Result<InstanceHandle, Error> {
+    pub fn probe_blocking(
+        app: &SingleInstance,
+        expected: &Expect,
+    ) -> Result<InstanceHandle, Error> {
         runtime_for("InstanceHandle::probe_blocking")?.block_on(Self::probe(app, expected))
     }
 

@@ -254,7 +254,11 @@ impl Instances {
                 Err(TryLockError::Error(_)) => continue,
             }
             let mut bytes = Vec::with_capacity(256);
-            if (&mut file).take(MAX_RECORD).read_to_end(&mut bytes).is_err() {
+            if (&mut file)
+                .take(MAX_RECORD)
+                .read_to_end(&mut bytes)
+                .is_err()
+            {
                 continue;
             }
             if let Ok(identity) = frame::decode_exact::<ProcessIdentity>(&bytes) {
@@ -268,7 +272,11 @@ impl Instances {
     /// Asks every live instance `question`, all at once, and returns each
     /// answer or the reason for none, within `timeout` overall. A frozen
     /// instance costs only its own [`HandshakeError::Timeout`].
-    pub async fn handshake<Q, A>(&self, question: &Q, timeout: Duration) -> Result<Vec<Answer<A>>, Error>
+    pub async fn handshake<Q, A>(
+        &self,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<Vec<Answer<A>>, Error>
     where
         Q: Serialize + ?Sized,
         A: DeserializeOwned,
@@ -308,7 +316,11 @@ impl Instances {
     }
 
     /// Blocking form of [`Instances::handshake`]; `Err` inside a runtime.
-    pub fn handshake_blocking<Q, A>(&self, question: &Q, timeout: Duration) -> Result<Vec<Answer<A>>, Error>
+    pub fn handshake_blocking<Q, A>(
+        &self,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<Vec<Answer<A>>, Error>
     where
         Q: Serialize + ?Sized,
         A: DeserializeOwned,
@@ -324,21 +336,32 @@ impl Instance {
     }
 
     /// Asks this one instance `question`, within `timeout`.
-    pub async fn handshake<Q, A>(&self, question: &Q, timeout: Duration) -> Result<A, HandshakeError>
+    pub async fn handshake<Q, A>(
+        &self,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<A, HandshakeError>
     where
         Q: Serialize + ?Sized,
         A: DeserializeOwned,
     {
         let ask = ask_frame(question).map_err(|_| HandshakeError::NotUnderstood)?;
-        let bytes = tokio::time::timeout(timeout, exchange(self.socket.clone(), self.identity.pid, &ask))
-            .await
-            .unwrap_or(Err(HandshakeError::Timeout))?;
+        let bytes = tokio::time::timeout(
+            timeout,
+            exchange(self.socket.clone(), self.identity.pid, &ask),
+        )
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))?;
         frame::decode_exact(&bytes).map_err(HandshakeError::Payload)
     }
 
     /// Blocking form of [`Instance::handshake`]; a runtime error becomes
     /// [`HandshakeError::Frame`].
-    pub fn handshake_blocking<Q, A>(&self, question: &Q, timeout: Duration) -> Result<A, HandshakeError>
+    pub fn handshake_blocking<Q, A>(
+        &self,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<A, HandshakeError>
     where
         Q: Serialize + ?Sized,
         A: DeserializeOwned,
@@ -385,7 +408,9 @@ async fn exchange(socket: PathBuf, pid: u32, ask: &[u8]) -> Result<Vec<u8>, Hand
     };
     frame::write_frame(&mut stream, ask).await.map_err(gone)?;
     let mut buf = Vec::new();
-    frame::read_frame(&mut stream, &mut buf).await.map_err(gone)?;
+    frame::read_frame(&mut stream, &mut buf)
+        .await
+        .map_err(gone)?;
     match frame::decode::<FromInstance<'_>>(&buf).map_err(HandshakeError::Frame)? {
         FromInstance::Answer(payload) => Ok(payload.to_vec()),
         FromInstance::NotUnderstood => Err(HandshakeError::NotUnderstood),

@@ -1,14 +1,27 @@
-//! Same-host coordination: exactly one primary instance per application and user.
+//! Same-host coordination: exactly one primary instance per application and
+//! user, every running instance listed and asked, verified process
+//! identities, spawn-or-connect daemons, and port helpers.
 //!
 //! # What this module owns, and what it must not touch
 //!
-//! `cohort::local` owns everything about running a program once per user on one
-//! machine: the election of the primary, the per-application runtime directory
-//! (`$XDG_RUNTIME_DIR/<app>/` or its fallback) with its `lock` file and `socket`,
-//! the abstract socket name in filesystem-free mode, the frame format spoken on
-//! that socket, and the server thread a primary runs. It does not depend on the
-//! network chart and must not touch it (no multicast, no IP sockets, no shared
-//! state); it touches no file outside its runtime directory.
+//! `cohort::local` owns everything about coordinating a program's processes on
+//! one machine: the election of the primary, the per-application runtime
+//! directory (`$XDG_RUNTIME_DIR/<app>/` or its fallback) with its `lock` file,
+//! `socket`, `instances/` records and daemon `spawn.lock` and `daemon.log`, the
+//! abstract socket name in filesystem-free mode, the frame format spoken on
+//! its sockets, the server threads, and process identities. It does not
+//! depend on the network chart and must not touch it (no multicast, no shared
+//! state; the only IP sockets are the ones [`find_free_port`] hands to the
+//! caller); it touches no file outside its runtime directory and `/proc`. The
+//! chart may use [`ProcessIdentity`] (for example `matches_tag`), never the
+//! other way round.
+//!
+//! One file per concern, each with its own "owns / must not touch":
+//! `single` (the options and the acquire loops), `election` (taking the lock,
+//! binding), `reach` (reaching the primary), `blocking` (the blocking forms),
+//! `backoff`, `server` (accepting, caps, deadlines), `primary`, `secondary`,
+//! `frame`, `dir`, `identity`, `instances`, `handle`, `daemon`, `ports`, and
+//! `os` (every kernel query: the per-OS boundary).
 //!
 //! ```no_run
 //! use cohort::local::{Reply, Role, SingleInstance};
@@ -104,7 +117,9 @@
 //! two processes in different network namespaces (containers, `unshare --net`)
 //! each get a primary, and two sandboxes sharing the host network share one.
 //!
-//! **Other systems.** Nothing here depends on Linux beyond what is named: macOS
+//! **Other systems.** Process queries, pidfds and session spawning live in
+//! one module per OS under `os` (its docs hold the table of what macOS and
+//! Windows would use); everything else is written against it. Beyond that, macOS
 //! has `flock` and Unix sockets (peer credentials via `getpeereid`/`LOCAL_PEERCRED`,
 //! directory under `$TMPDIR`, no abstract namespace); Windows would take the
 //! election with a named mutex or `LockFileEx` on a file in `%LOCALAPPDATA%`

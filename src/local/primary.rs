@@ -379,7 +379,10 @@ impl PrimaryService {
             let _ = conn.write(&refused).await;
             return;
         }
-        tracing::info!(peer_pid = conn.pid, "shutdown requested; no longer accepting");
+        tracing::info!(
+            peer_pid = conn.pid,
+            "shutdown requested; no longer accepting"
+        );
         self.inbox.accepting.store(false, Ordering::SeqCst);
         self.inbox.wake();
         let stopping = frame::encode(&ToSecondary::Stopping).expect("tiny frame");

@@ -78,7 +78,11 @@ impl SingleInstance {
         Ok(Connected::Yes(stream, cred.pid().unwrap_or(0)))
     }
 
-    pub(super) async fn try_secondary(&self, plan: &Plan, deadline: Instant) -> Result<Reach, Error> {
+    pub(super) async fn try_secondary(
+        &self,
+        plan: &Plan,
+        deadline: Instant,
+    ) -> Result<Reach, Error> {
         let (mut stream, pid) = match self.connect(plan, deadline).await? {
             Connected::Yes(stream, pid) => (stream, pid),
             Connected::NotYet(why) => return Ok(Reach::NotYet(why)),

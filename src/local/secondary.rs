@@ -80,7 +80,9 @@ impl Secondary {
             match frame::decode::<ToSecondary<'_>>(&buf)? {
                 ToSecondary::Stopping => Ok(Ok(())),
                 ToSecondary::Refused { shutting_down } => Ok(Err(shutting_down)),
-                _ => Err(FrameError::Unexpected("not an answer to a shutdown request")),
+                _ => Err(FrameError::Unexpected(
+                    "not an answer to a shutdown request",
+                )),
             }
         };
         match tokio::time::timeout(waited, exchange).await {

@@ -11,7 +11,7 @@
 //!
 //! In the system scope any local user may connect, so none of this trusts the
 //! peer:
-//! - **A cap on connections** ([`Limits::max_connections`], default
+//! - **A cap on connections** (`Limits::max_connections`, default
 //!   [`DEFAULT_MAX_CONNECTIONS`]). At the cap, a new connection evicts the
 //!   oldest connection that is *not* waiting for the application's reply,
 //!   taken from the user that holds the most connections: first one that has
@@ -23,9 +23,9 @@
 //!   refusal is counted and logged (at powers of two, so a flood cannot flood
 //!   the log).
 //! - **Deadlines.** A connection must deliver its first complete frame within
-//!   [`Limits::first_frame`] of being accepted (default 5 s; a slow-loris that
+//!   `Limits::first_frame` of being accepted (default 5 s; a slow-loris that
 //!   trickles bytes is closed then too). Every write must finish within
-//!   [`Limits::write`]. A connection waiting for the application's reply ends
+//!   `Limits::write`. A connection waiting for the application's reply ends
 //!   as soon as its peer hangs up.
 //! - **Memory.** Frames are read as they arrive (`frame::FrameReader`), so an
 //!   open connection costs at most 4 KiB of buffer plus twice what its peer
@@ -45,9 +45,9 @@ use tokio::time::Instant;
 use super::Error;
 use super::frame::{self, FrameError};
 
-/// Default for [`Limits::max_connections`].
+/// Default for [`SingleInstance::max_connections`](super::SingleInstance::max_connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-/// Default for [`Limits::first_frame`].
+/// Default for [`SingleInstance::first_frame_timeout`](super::SingleInstance::first_frame_timeout).
 pub const DEFAULT_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one write may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,9 +135,7 @@ impl Table {
             .iter()
             .map(|(seq, s)| (seq, s, s.state.load(Ordering::Relaxed)))
             .filter(|(_, _, state)| *state != BUSY)
-            .min_by_key(|(seq, s, state)| {
-                (std::cmp::Reverse(per_uid[&s.uid]), *state, **seq)
-            })
+            .min_by_key(|(seq, s, state)| (std::cmp::Reverse(per_uid[&s.uid]), *state, **seq))
             .map(|(seq, _, _)| *seq)
     }
 }
@@ -167,11 +165,7 @@ impl Conn {
         let deadline = self.accepted + self.limits.first_frame;
         let result = tokio::time::timeout_at(
             deadline,
-            frame::read_frame_counted(
-                &mut self.stream,
-                &mut buf,
-                &self.counters.bytes_received,
-            ),
+            frame::read_frame_counted(&mut self.stream, &mut buf, &self.counters.bytes_received),
         )
         .await;
         match result {
@@ -206,8 +200,11 @@ impl Conn {
 
     /// Writes one frame within the write deadline.
     pub async fn write(&mut self, frame: &[u8]) -> Result<(), FrameError> {
-        match tokio::time::timeout(self.limits.write, frame::write_frame(&mut self.stream, frame))
-            .await
+        match tokio::time::timeout(
+            self.limits.write,
+            frame::write_frame(&mut self.stream, frame),
+        )
+        .await
         {
             Ok(result) => result,
             Err(_) => {
@@ -254,7 +251,9 @@ impl std::fmt::Debug for TableHandle {
 }
 
 fn lock(table: &Mutex<TableHandle>) -> std::sync::MutexGuard<'_, TableHandle> {
-    table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ServerThread {

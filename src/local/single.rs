@@ -122,7 +122,7 @@ impl SingleInstance {
         self
     }
 
-    /// Environment variables that [`Secondary::forward_args`] forwards when set
+    /// Environment variables that [`Secondary::forward_args`](super::Secondary::forward_args) forwards when set
     /// (none by default).
     pub fn forward_env<I, S>(mut self, names: I) -> Self
     where

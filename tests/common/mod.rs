@@ -41,7 +41,9 @@ pub fn scratch(test: &str) -> Scratch {
 #[allow(dead_code)]
 pub fn cannot_run_here(reason: &str) {
     if std::env::var_os("CI").is_some() {
-        panic!("this test cannot run here, and CI is set, so it fails instead of skipping: {reason}");
+        panic!(
+            "this test cannot run here, and CI is set, so it fails instead of skipping: {reason}"
+        );
     }
     eprintln!("SKIPPED: {reason}");
 }
@@ -50,7 +52,13 @@ pub fn cannot_run_here(reason: &str) {
 /// (the way these tests start helper processes).
 #[allow(dead_code)]
 pub fn child_args(name: &str) -> [&str; 5] {
-    ["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]
+    [
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
 }
 
 /// Prints one report line for the parent test (`@@ ` prefixed, flushed).
