@@ -232,6 +232,9 @@ impl Instances {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".inst")) else {
+                if name.to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                    remove_abandoned(&entry.path());
+                }
                 continue;
             };
             let record = entry.path();
@@ -370,6 +373,25 @@ impl Instance {
             HandshakeError::Frame(FrameError::Io(std::io::Error::other(e.to_string())))
         })?;
         runtime.block_on(self.handshake(question, timeout))
+    }
+}
+
+/// A temporary record whose registration died before publishing it: unlocked
+/// and older than a minute (a registration in progress holds its lock within
+/// microseconds of creating the file).
+fn remove_abandoned(path: &Path) {
+    let old = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(60));
+    if !old {
+        return;
+    }
+    if let Ok(file) = File::open(path)
+        && file.try_lock().is_ok()
+    {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -14,8 +14,10 @@ use super::frame::{self, FrameError, ToPrimary, ToSecondary, WireRequest};
 
 /// A later launch that found a live primary and may forward one request to it.
 ///
-/// It holds a connection the primary has already greeted; forward within a
-/// minute of acquiring it. Forwarding consumes the `Secondary`: to forward again,
+/// It holds a connection the primary has already greeted; forward within
+/// [`SingleInstance::first_frame_timeout`](super::SingleInstance::first_frame_timeout)
+/// (5 s by default) of acquiring it, or the primary closes the connection and
+/// forwarding fails with the retryable [`Error::Disconnected`]. Forwarding consumes the `Secondary`: to forward again,
 /// call `acquire()` again.
 #[derive(Debug)]
 pub struct Secondary {
