@@ -13,7 +13,12 @@
 //! ```text
 //! cargo bench --bench local_instances --no-run
 //! scripts/isolated cargo bench --offline --bench local_instances
+//! COHORT_BENCH_BASE=/dev/shm scripts/isolated cargo bench --offline --bench local_instances
 //! ```
+//!
+//! The runtime directories go in the temp directory, or in
+//! `COHORT_BENCH_BASE` (a tmpfs such as `/dev/shm` is what a real
+//! `$XDG_RUNTIME_DIR` is).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,8 +29,17 @@ use cohort::local::{Daemon, Expect, InstanceHandle, Instances, Reply, Role, Sing
 
 const APP: &str = "bench.instances";
 
+/// Where the runtime directories go: `COHORT_BENCH_BASE`, else the temp
+/// directory. A real `$XDG_RUNTIME_DIR` is a tmpfs: `COHORT_BENCH_BASE=/dev/shm`
+/// measures that case on a machine whose temp directory is a disk.
+fn base() -> PathBuf {
+    std::env::var_os("COHORT_BENCH_BASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 fn scratch(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("cohort-bench-{}-{name}", std::process::id()));
+    let p = base().join(format!("cohort-bench-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&p)
@@ -85,6 +99,22 @@ fn child_instance(dir: &Path) -> ! {
     }
 }
 
+/// Busy and total jiffies of all CPUs, from `/proc/stat`.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu[3] + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 struct Children(Vec<Child>);
 
 impl Drop for Children {
@@ -131,6 +161,26 @@ fn instances(count: usize, lists: usize, rounds: usize) -> (Vec<Duration>, Vec<D
     );
     let app = Instances::new(APP).runtime_dir(&dir);
     assert_eq!(app.list().unwrap().len(), count);
+    // A fresh process lists once: every record takes the exact path.
+    let cold: Vec<Duration> = (0..lists.min(50))
+        .map(|_| {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .env("COHORT_BENCH_LIST_ONCE", &dir)
+                .output()
+                .unwrap();
+            let nanos: u64 = String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            Duration::from_nanos(nanos)
+        })
+        .collect();
+    summary(
+        &format!("list {count} instances, first time in a process"),
+        cold,
+        "well under 1 ms",
+    );
     let list_samples = (0..lists)
         .map(|_| {
             let t = Instant::now();
@@ -140,11 +190,19 @@ fn instances(count: usize, lists: usize, rounds: usize) -> (Vec<Duration>, Vec<D
             e
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
+    let one = app.list().unwrap().remove(0);
+    let single: Vec<Duration> = rt.block_on(async {
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let _: u32 = one.handshake(&(), Duration::from_secs(5)).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        samples
+    });
+    summary("handshake with one instance", single, "(for comparison)");
+    let (busy0, total0) = cpu_jiffies();
     let handshake_samples = rt.block_on(async {
         let mut samples = Vec::with_capacity(rounds);
         for _ in 0..rounds {
@@ -158,6 +216,11 @@ fn instances(count: usize, lists: usize, rounds: usize) -> (Vec<Duration>, Vec<D
         }
         samples
     });
+    let (busy1, total1) = cpu_jiffies();
+    println!(
+        "  (both cores were {:.0}% busy during the handshake rounds)",
+        100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64
+    );
     (list_samples, handshake_samples)
 }
 
@@ -198,6 +261,15 @@ fn main() {
     if let Some(dir) = std::env::var_os("COHORT_BENCH_INSTANCE") {
         child_instance(Path::new(&dir));
     }
+    if let Some(dir) = std::env::var_os("COHORT_BENCH_LIST_ONCE") {
+        let app = Instances::new(APP).runtime_dir(dir);
+        let t = Instant::now();
+        let listed = app.list().unwrap();
+        let elapsed = t.elapsed();
+        assert!(!listed.is_empty());
+        println!("{}", elapsed.as_nanos());
+        std::process::exit(0);
+    }
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing:
     // run a quick smoke version then.
     let full = std::env::args().any(|a| a == "--bench");
@@ -218,7 +290,7 @@ fn main() {
     }
     let (lists, rounds) = instances(n_inst, n_list, n_round);
     summary(
-        &format!("list {n_inst} live instances"),
+        &format!("list {n_inst} live instances, again (fast path)"),
         lists,
         "well under 1 ms",
     );
@@ -236,7 +308,7 @@ fn main() {
     );
     for name in ["probe", "instances", "ensure"] {
         let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("cohort-bench-{}-{name}", std::process::id())),
+            base().join(format!("cohort-bench-{}-{name}", std::process::id())),
         );
     }
 }

@@ -19,15 +19,24 @@
 //! process dies), and the lister removes both files while holding the lock.
 //! A frozen (SIGSTOPped) instance still holds its lock: it is listed, and a
 //! handshake with it ends in [`HandshakeError::Timeout`] for it alone.
+//!
+//! A process that lists repeatedly skips the per-record lock attempt and read
+//! for records it has read before, as long as `/proc/locks` (read once per
+//! listing) shows the record's inode locked by the pid registered in it; see
+//! [`Instances::list`]. A lock taken by a lister cleaning up a dead record is
+//! held by the lister's pid, never the registered one, so it is never
+//! mistaken for a live instance.
 
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::marker::PhantomData;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -39,10 +48,11 @@ use super::error::HandshakeError;
 use super::frame::{self, FrameError, FromInstance, ToInstance};
 use super::identity::ProcessIdentity;
 use super::server::{Conn, ConnectionStats, Limits, ServerThread, Service};
-use super::{Error, dir};
+use super::{Error, dir, os};
 
-/// The largest identity record a lister reads.
-const MAX_RECORD: u64 = 64 * 1024;
+/// The largest identity record a lister reads (an executable path of up to
+/// `PATH_MAX` fits); a longer one fails to decode and is skipped.
+const RECORD_BUF: usize = 4096 + 256;
 
 /// The instances of one application, for this user.
 ///
@@ -222,12 +232,26 @@ impl Instances {
 
     /// The live instances, each with the identity it registered; dead
     /// instances' files are removed on the way.
+    ///
+    /// Fast path: an instance whose record this process has read before is
+    /// live when the kernel's lock table (`/proc/locks`, read once per
+    /// listing) shows its record's inode locked by its registered pid. Any
+    /// other record takes the exact path: try its lock (free means its holder
+    /// died), read it.
     pub fn list(&self) -> Result<Vec<Instance>, Error> {
         let dir = self.dir()?;
-        let entries = std::fs::read_dir(&dir).map_err(|source| Error::RuntimeDir {
+        let dir_err = |source| Error::RuntimeDir {
             path: dir.clone(),
             source,
-        })?;
+        };
+        let entries = std::fs::read_dir(&dir).map_err(dir_err)?;
+        let dir_fd = File::open(&dir).map_err(dir_err)?;
+        let dir_meta = dir_fd.metadata().map_err(dir_err)?;
+        let holders = os::flock_holders(dir_meta.dev());
+        let mut cache = record_cache();
+        if cache.len() >= RECORD_CACHE {
+            cache.clear();
+        }
         let mut live = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -237,37 +261,28 @@ impl Instances {
                 }
                 continue;
             };
-            let record = entry.path();
-            let Ok(mut file) = OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&record)
-            else {
-                continue;
-            };
-            let socket = dir.join(format!("{stem}.sock"));
-            match file.try_lock() {
-                Ok(()) => {
-                    // Its holder is gone; we hold the lock while cleaning up.
-                    let _ = std::fs::remove_file(&socket);
-                    let _ = std::fs::remove_file(&record);
-                    continue;
-                }
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(_)) => continue,
-            }
-            let mut bytes = Vec::with_capacity(256);
-            if (&mut file)
-                .take(MAX_RECORD)
-                .read_to_end(&mut bytes)
-                .is_err()
+            let key = (dir_meta.dev(), dir_meta.ino(), name.clone());
+            if let (Some(identity), Some(holders)) = (cache.get(&key), &holders)
+                && holders
+                    .get(&entry.ino())
+                    .is_some_and(|pids| pids.contains(&identity.pid))
             {
+                live.push(Instance {
+                    identity: identity.clone(),
+                    socket: dir.join(format!("{stem}.sock")),
+                });
                 continue;
             }
-            if let Ok(identity) = frame::decode_exact::<ProcessIdentity>(&bytes) {
-                live.push(Instance { identity, socket });
+            cache.remove(&key);
+            if let Some(identity) = read_if_live(&dir_fd, &dir, &name, stem) {
+                cache.insert(key, identity.clone());
+                live.push(Instance {
+                    identity,
+                    socket: dir.join(format!("{stem}.sock")),
+                });
             }
         }
+        drop(cache);
         live.sort_by_key(|i| (i.identity.pid, i.identity.start_time));
         Ok(live)
     }
@@ -374,6 +389,51 @@ impl Instance {
         })?;
         runtime.block_on(self.handshake(question, timeout))
     }
+}
+
+/// Records already read, by (directory device, directory inode, file name).
+/// A name is `<pid>-<start time>-<n>`, which no other process of this boot
+/// can register, so an entry never goes stale: it is only trusted while the
+/// kernel shows that pid holding the record's lock.
+type RecordCache = HashMap<(u64, u64, OsString), ProcessIdentity>;
+
+/// At most this many records are cached; the cache starts over when full.
+const RECORD_CACHE: usize = 4096;
+
+fn record_cache() -> MutexGuard<'static, RecordCache> {
+    static CACHE: OnceLock<Mutex<RecordCache>> = OnceLock::new();
+    CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The exact check: the record's identity if its lock is held; if the lock
+/// is free its holder died, and both its files are removed under the lock.
+fn read_if_live(dir_fd: &File, dir: &Path, name: &OsStr, stem: &str) -> Option<ProcessIdentity> {
+    // Relative to the open directory: no path walk per instance.
+    let fd = rustix::fs::openat(
+        dir_fd,
+        name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut file = File::from(fd);
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = std::fs::remove_file(dir.join(format!("{stem}.sock")));
+            let _ = std::fs::remove_file(dir.join(name));
+            return None;
+        }
+        Err(TryLockError::WouldBlock) => {}
+        Err(TryLockError::Error(_)) => return None,
+    }
+    // One read: a record is a few hundred bytes, written once before the
+    // file was published, and a regular file's read returns all that fits.
+    let mut buf = [0u8; RECORD_BUF];
+    let n = file.read(&mut buf).ok()?;
+    frame::decode_exact::<ProcessIdentity>(&buf[..n]).ok()
 }
 
 /// A temporary record whose registration died before publishing it: unlocked

@@ -74,6 +74,32 @@ pub(crate) fn open_exe(pid: u32) -> std::io::Result<std::fs::File> {
     std::fs::File::open(format!("/proc/{pid}/exe"))
 }
 
+/// Every `flock` held on device `dev`: inode -> pids holding it, from
+/// `/proc/locks` (one read). `None` when it cannot be read or parsed, so
+/// callers fall back to trying each lock.
+pub(crate) fn flock_holders(dev: u64) -> Option<std::collections::HashMap<u64, Vec<u32>>> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let mut held: std::collections::HashMap<u64, Vec<u32>> = std::collections::HashMap::new();
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2d:5678 0 EOF"; waiters carry "->".
+        let mut fields = line.split_whitespace().skip(1);
+        if fields.next()? != "FLOCK" {
+            continue;
+        }
+        let mut fields = fields.skip(2);
+        let pid: u32 = fields.next()?.parse().ok()?;
+        let mut id = fields.next()?.split(':');
+        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+        let min = u32::from_str_radix(id.next()?, 16).ok()?;
+        let ino: u64 = id.next()?.parse().ok()?;
+        if (maj, min) == (major, minor) {
+            held.entry(ino).or_default().push(pid);
+        }
+    }
+    Some(held)
+}
+
 /// A handle on one process that can never come to mean another one: a pidfd,
 /// opened first and checked against the start time second.
 #[derive(Debug)]
@@ -195,6 +221,20 @@ mod tests {
         assert_eq!(s.start_time, 987_654);
         assert!(s.zombie);
         assert!(parse_stat("42 (short) S 1").is_none());
+    }
+
+    #[test]
+    fn a_flock_this_process_holds_is_in_the_kernels_lock_table_with_our_pid() {
+        let path = std::env::temp_dir().join(format!("cohort-flock-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        file.try_lock().unwrap();
+        let held = flock_holders(meta.dev()).expect("/proc/locks is readable here");
+        assert!(held[&meta.ino()].contains(&std::process::id()));
+        file.unlock().unwrap();
+        let held = flock_holders(meta.dev()).unwrap();
+        assert!(!held.contains_key(&meta.ino()));
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(crate) fn open_exe(_pid: u32) -> std::io::Result<std::fs::File> {
     Err(unsupported())
 }
 
+pub(crate) fn flock_holders(_dev: u64) -> Option<std::collections::HashMap<u64, Vec<u32>>> {
+    None
+}
+
 /// A handle on one process.
 #[derive(Debug)]
 pub(crate) struct ProcessHandle(());
