@@ -510,7 +510,7 @@ where
     A: Serialize + 'static,
     F: Fn(Q) -> A + Send + Sync + 'static,
 {
-    async fn serve(self: Arc<Self>, mut conn: Conn) {
+    async fn serve(self: Arc<Self>, conn: &mut Conn) {
         let Some(buf) = conn.first_frame().await else {
             return;
         };

@@ -278,7 +278,7 @@ impl PrimaryService {
 }
 
 impl Service for PrimaryService {
-    async fn serve(self: Arc<Self>, mut conn: Conn) {
+    async fn serve(self: Arc<Self>, conn: &mut Conn) {
         let open = self.accepting();
         let hello = frame::encode(&ToSecondary::Hello { accepting: open }).expect("tiny frame");
         if let Err(error) = conn.write(&hello).await {
@@ -301,11 +301,11 @@ impl Service for PrimaryService {
                 return;
             }
             Ok(ToPrimary::Challenge { nonce }) => {
-                answer_challenge(&mut conn, nonce).await;
+                answer_challenge(conn, nonce).await;
                 return;
             }
             Ok(ToPrimary::Shutdown) => {
-                self.shutdown_requested(&mut conn).await;
+                self.shutdown_requested(conn).await;
                 return;
             }
             Err(error) => {

@@ -142,8 +142,10 @@ impl Table {
 
 /// What a server does with each accepted, credential-checked connection.
 pub(crate) trait Service: Send + Sync + 'static {
-    /// Serves one connection to its end.
-    fn serve(self: Arc<Self>, conn: Conn) -> impl Future<Output = ()> + Send;
+    /// Serves one connection to its end. The connection is closed after the
+    /// server has removed it from its table, so a peer that sees the close
+    /// also sees the slot free.
+    fn serve(self: Arc<Self>, conn: &mut Conn) -> impl Future<Output = ()> + Send;
 }
 
 /// One accepted connection, with its peer's kernel credentials.
@@ -494,10 +496,11 @@ impl Acceptor {
 
 async fn serve_then_remove<S: Service>(
     service: Arc<S>,
-    conn: Conn,
+    mut conn: Conn,
     table: Arc<Mutex<TableHandle>>,
     seq: u64,
 ) {
-    service.serve(conn).await;
+    service.serve(&mut conn).await;
     lock(&table).0.slots.remove(&seq);
+    drop(conn);
 }
