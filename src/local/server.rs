@@ -261,9 +261,11 @@ fn lock(table: &Mutex<TableHandle>) -> std::sync::MutexGuard<'_, TableHandle> {
 impl ServerThread {
     /// Starts serving `listener` on a new thread.
     ///
-    /// The thread builds its own runtime and registers the listener there;
-    /// the result comes back before this returns. Nothing is ever dropped in
-    /// the caller's async context, so this never panics inside a runtime.
+    /// The runtime is built and the listener registered here, so their
+    /// errors come back at once; the thread is not waited for. A runtime that
+    /// is never handed to the thread (an error, or a thread that cannot be
+    /// spawned) is released with `shutdown_background`, which, unlike a plain
+    /// drop, is allowed inside the caller's async context: this never panics.
     pub(crate) fn spawn<S: Service>(
         listener: StdUnixListener,
         endpoint: String,
@@ -276,71 +278,48 @@ impl ServerThread {
             source,
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
+        let runtime = BackgroundDrop(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Runtime)?,
+        ));
+        let listener = {
+            let _guard = runtime.handle().enter();
+            UnixListener::from_std(listener).map_err(bind_err)?
+        };
         let counters = Arc::new(Counters::default());
         let table = Arc::new(Mutex::new(TableHandle(Table::default())));
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), Error>>(1);
+        let accept = Acceptor {
+            listener,
+            endpoint,
+            required_uid,
+            limits,
+            counters: counters.clone(),
+            table: table.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("cohort-local-server".into())
-            .spawn({
-                let counters = counters.clone();
-                let table = table.clone();
-                let endpoint = endpoint.clone();
-                move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(Error::Runtime(e)));
-                            return;
-                        }
-                    };
-                    let listener = {
-                        let _guard = runtime.enter();
-                        match UnixListener::from_std(listener) {
-                            Ok(l) => l,
-                            Err(source) => {
-                                let _ = ready_tx.send(Err(Error::Bind { endpoint, source }));
-                                return;
-                            }
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let accept = Acceptor {
-                        listener,
-                        endpoint,
-                        required_uid,
-                        limits,
-                        counters,
-                        table,
-                    };
-                    runtime.block_on(async move {
-                        tokio::select! {
-                            _ = stop_rx => {}
-                            _ = accept.run(service) => {}
-                        }
-                    });
-                    // Dropped here, on its own thread: every connection task
-                    // is cancelled and its socket closed.
-                    drop(runtime);
-                }
+            .spawn(move || {
+                let mut runtime = runtime;
+                let Some(runtime) = runtime.0.take() else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = stop_rx => {}
+                        _ = accept.run(service) => {}
+                    }
+                });
+                // Dropped here, on its own thread: every connection task
+                // is cancelled and its socket closed.
+                drop(runtime);
             })
             .map_err(|source| Error::Io {
                 what: "starting a local server thread",
                 source,
             })?;
-        let started = ready_rx.recv().unwrap_or_else(|_| {
-            Err(Error::Io {
-                what: "starting a local server thread",
-                source: std::io::Error::other("the server thread ended before it was ready"),
-            })
-        });
-        if let Err(e) = started {
-            let _ = thread.join();
-            return Err(e);
-        }
         Ok(ServerThread {
             stop: Some(stop),
             thread: Some(thread),
@@ -379,6 +358,23 @@ impl ServerThread {
 impl Drop for ServerThread {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A runtime released with `shutdown_background` unless taken out first.
+struct BackgroundDrop(Option<tokio::runtime::Runtime>);
+
+impl BackgroundDrop {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until taken").handle()
+    }
+}
+
+impl Drop for BackgroundDrop {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
