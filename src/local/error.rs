@@ -166,9 +166,10 @@ pub enum Error {
         "the secondary closed its connection before the reply was delivered (it probably hit its deadline or exited)"
     )]
     SecondaryGone,
-    /// A blocking call could not create its private tokio runtime.
+    /// A tokio runtime (a server thread's, or a blocking call's private one)
+    /// could not be created.
     #[error(
-        "could not start the private runtime for a blocking call; blocking calls must not run inside an async runtime"
+        "could not start a tokio runtime (for a server thread or a blocking call); the process may be out of threads, memory or file descriptors"
     )]
     Runtime(#[source] std::io::Error),
     /// A blocking form was called on a thread that runs an async runtime,

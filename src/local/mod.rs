@@ -91,6 +91,14 @@
 //! connection with a `tracing` warning and never disturbs the primary's other
 //! connections.
 //!
+//! **Bounds.** Every endpoint (the primary's, each registered instance's)
+//! holds at most [`SingleInstance::max_connections`] connections (default
+//! 256; at the cap a newcomer closes the oldest connection that is not waiting
+//! for the application, taken from the user holding the most), gives each
+//! connection [`SingleInstance::first_frame_timeout`] (default 5 s) to send
+//! a complete first frame and 10 s for every write, and reads frames as their
+//! bytes arrive; see [`Primary::stats`] for the counters.
+//!
 //! **Hand-over.** Dropping a [`Primary`] stops its server thread, removes its
 //! socket while still holding the lock, then releases the lock. Secondaries
 //! waiting in [`SingleInstance::acquire_or_wait`] hold a connection open and
