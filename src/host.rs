@@ -125,7 +125,7 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` into 16 bytes.
-fn parse_boot_id(text: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_boot_id(text: &str) -> Option<[u8; 16]> {
     let hex: Vec<u8> = text.trim().bytes().filter(|b| *b != b'-').collect();
     if hex.len() != 32 {
         return None;

@@ -103,7 +103,7 @@ fn report(line: &str) {
 
 /// Serves forever: replies "served by <pid>: <args>".
 fn serve_blocking(primary: cohort::local::Primary) -> ! {
-    while let Some(req) = primary.next_request_blocking() {
+    while let Some(req) = primary.next_request_blocking().unwrap() {
         let text = format!(
             "served by {}: {}",
             std::process::id(),
@@ -479,7 +479,7 @@ fn the_blocking_forms_elect_forward_and_reply() {
         panic!("must be primary");
     };
     let server = std::thread::spawn(move || {
-        let req = primary.next_request_blocking().unwrap();
+        let req = primary.next_request_blocking().unwrap().unwrap();
         let n = req.args().len() as i32;
         req.reply_blocking(Reply::new(n)).unwrap();
         primary
@@ -501,7 +501,7 @@ fn the_blocking_forms_elect_forward_and_reply() {
     assert!(primary.is_accepting());
     // Blocking and async waits both end when the primary stops accepting.
     let waiting = std::thread::scope(|scope| {
-        let w = scope.spawn(|| primary.next_request_blocking().is_none());
+        let w = scope.spawn(|| primary.next_request_blocking().unwrap().is_none());
         primary.stop_accepting();
         w.join().unwrap()
     });
@@ -543,6 +543,6 @@ async fn deleting_the_lock_file_of_a_live_primary_does_not_produce_a_second_prim
 async fn a_blocking_call_inside_an_async_runtime_is_an_error_not_a_panic() {
     let dir = scratch();
     let err = instance(&dir).acquire_blocking().unwrap_err();
-    assert!(matches!(err, Error::Runtime(_)), "{err}");
+    assert!(matches!(err, Error::BlockingInRuntime { .. }), "{err}");
     assert!(err.to_string().contains("blocking"));
 }

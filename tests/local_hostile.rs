@@ -2,7 +2,8 @@
 //! side talks to a process of another user.
 //!
 //! The other-user tests run a child as `nobody` (this binary re-executed under
-//! `setpriv`), which needs root; without root they print why they skip.
+//! `setpriv`), which needs root; without root they print why they skip, and
+//! under CI (`CI` set) they fail instead, so a green CI means they ran.
 //! Run inside a private network namespace:
 //! `/work/shared/bin/isolated cargo test --test local_hostile`.
 
@@ -195,7 +196,9 @@ const NOBODY: u32 = 65534;
 /// when this environment cannot.
 fn as_nobody(child_fn: &str, env: &[(&str, &str)]) -> Option<tokio::process::Command> {
     if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: switching to another user needs root; this test runs as a normal user");
+        common::cannot_run_here(
+            "switching to another user needs root; this test runs as a normal user",
+        );
         return None;
     }
     let exe = std::env::current_exe().unwrap();
@@ -206,11 +209,11 @@ fn as_nobody(child_fn: &str, env: &[(&str, &str)]) -> Option<tokio::process::Com
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
         if mode & 0o001 == 0 {
-            eprintln!(
-                "SKIPPED: {} is not accessible to other users (mode {:o}), so nobody cannot run this test binary",
+            common::cannot_run_here(&format!(
+                "{} is not accessible to other users (mode {:o}), so nobody cannot run this test binary",
                 p.display(),
                 mode & 0o777
-            );
+            ));
             return None;
         }
         if !p.pop() || p.as_os_str().is_empty() {
@@ -222,7 +225,7 @@ fn as_nobody(child_fn: &str, env: &[(&str, &str)]) -> Option<tokio::process::Com
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: setpriv is not installed, so no child can run as nobody");
+        common::cannot_run_here("setpriv is not installed, so no child can run as nobody");
         return None;
     }
     let mut cmd = tokio::process::Command::new("setpriv");

@@ -1,15 +1,24 @@
-//! Length-prefixed, versioned frames exchanged between a secondary and the primary.
+//! Length-prefixed, versioned frames exchanged on every `cohort::local` socket.
+//!
+//! **Owns:** the byte format of every message (secondary <-> primary, asker <->
+//! instance), the incremental [`FrameReader`] and decoding of untrusted bytes.
+//! **Must not touch:** sockets' lifetimes, deadlines, election or any state:
+//! callers decide what a message means.
 //!
 //! A frame is a 4-byte big-endian length `L` followed by `L` bytes: one version
-//! byte ([`VERSION`]) and a postcard body. `L` never exceeds [`MAX_FRAME`], so a
-//! reader allocates at most that much for one frame, whatever the peer claims.
-//! Bodies borrow their byte strings from the frame buffer, so decoding copies
-//! nothing and serde's capped pre-allocation is the only other allocation.
-//! Anything that is not exactly one well-formed message of this version is a
-//! typed [`FrameError`]; decoding never panics.
+//! byte ([`VERSION`]) and a postcard body. `L` never exceeds [`MAX_FRAME`]. The
+//! reader never allocates the announced length up front: its buffer grows with
+//! the bytes that actually arrive (at most twice what arrived, at least 4 KiB,
+//! never past `L`), so a peer that announces 1 MiB and sends one byte costs
+//! 4 KiB. Bodies borrow their byte strings from the frame buffer, so decoding
+//! copies nothing and serde's capped pre-allocation is the only other
+//! allocation. Anything that is not exactly one well-formed message of this
+//! version is a typed [`FrameError`]; decoding never panics.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::identity::ProcessIdentity;
 
 /// The protocol version carried in the first byte of every frame body.
 pub(crate) const VERSION: u8 = 1;
@@ -77,6 +86,13 @@ pub(crate) enum ToPrimary<'a> {
     Request(WireRequest<'a>),
     /// Keep the connection open until the primary exits (used by `acquire_or_wait`).
     Watch,
+    /// Prove who you are: answer with [`ToSecondary::Identity`] carrying this nonce.
+    Challenge {
+        /// Fresh random bytes chosen by the asker.
+        nonce: [u8; 16],
+    },
+    /// Stop accepting and exit (see `InstanceHandle::shutdown`).
+    Shutdown,
 }
 
 /// A forwarded request as it travels; every string is raw bytes.
@@ -113,6 +129,33 @@ pub(crate) enum ToSecondary<'a> {
         /// True when the primary is shutting down; false when it dropped the request.
         shutting_down: bool,
     },
+    /// The answer to a [`ToPrimary::Challenge`].
+    Identity {
+        /// The nonce of the challenge.
+        nonce: [u8; 16],
+        /// Who the primary says it is (checked against the kernel's view).
+        identity: ProcessIdentity,
+    },
+    /// The answer to [`ToPrimary::Shutdown`]: the primary stopped accepting.
+    Stopping,
+}
+
+/// What an asker sends to one registered instance (see `Instances`).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum ToInstance<'a> {
+    /// A handshake question: the application's postcard-encoded value.
+    #[serde(borrow)]
+    Ask(&'a [u8]),
+}
+
+/// What a registered instance answers.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum FromInstance<'a> {
+    /// The application's postcard-encoded answer.
+    #[serde(borrow)]
+    Answer(&'a [u8]),
+    /// The question could not be decoded as the type this instance expects.
+    NotUnderstood,
 }
 
 /// Encodes `msg` as one complete frame (length prefix included).
@@ -153,38 +196,144 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameE
     Ok(msg)
 }
 
+/// The smallest buffer a frame body gets once its first byte is due.
+const FIRST_CHUNK: usize = 4096;
+
+/// Reassembles one frame from bytes as they arrive, in any chunks.
+///
+/// Sans-IO: [`FrameReader::space`] lends the slice to read into (never past
+/// the end of the current frame, so bytes of the next frame stay in the
+/// socket), [`FrameReader::advance`] records what was read. Its buffer grows
+/// with the bytes received, never to the announced length at once.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    header: [u8; 4],
+    header_filled: usize,
+    /// The announced body length, once the header is complete.
+    len: Option<usize>,
+    body: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once any byte of the frame arrived.
+    pub(crate) fn is_started(&self) -> bool {
+        self.header_filled > 0
+    }
+
+    /// True once the whole frame arrived.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.len == Some(self.filled)
+    }
+
+    /// The bytes to read into next: empty only when the frame is complete.
+    pub(crate) fn space(&mut self) -> &mut [u8] {
+        match self.len {
+            None => &mut self.header[self.header_filled..],
+            Some(len) => {
+                if self.filled == self.body.len() && self.body.len() < len {
+                    let grown = (self.filled * 2).max(FIRST_CHUNK).min(len);
+                    self.body.resize(grown, 0);
+                }
+                &mut self.body[self.filled..]
+            }
+        }
+    }
+
+    /// Records that `n` bytes were written into [`FrameReader::space`].
+    ///
+    /// Fails with [`FrameError::Oversized`] as soon as a header announces more
+    /// than [`MAX_FRAME`]; nothing is allocated for it.
+    pub(crate) fn advance(&mut self, n: usize) -> Result<(), FrameError> {
+        match self.len {
+            None => {
+                self.header_filled = (self.header_filled + n).min(4);
+                if self.header_filled == 4 {
+                    let len = u32::from_be_bytes(self.header) as usize;
+                    if len > MAX_FRAME {
+                        return Err(FrameError::Oversized {
+                            len: len as u64,
+                            max: MAX_FRAME,
+                        });
+                    }
+                    self.len = Some(len);
+                }
+            }
+            Some(len) => self.filled = (self.filled + n).min(len),
+        }
+        Ok(())
+    }
+
+    /// Copies as much of `input` as the current frame still needs; returns
+    /// how many bytes were used.
+    pub(crate) fn push(&mut self, mut input: &[u8]) -> Result<usize, FrameError> {
+        let mut used = 0;
+        while !self.is_complete() && !input.is_empty() {
+            let space = self.space();
+            let n = space.len().min(input.len());
+            space[..n].copy_from_slice(&input[..n]);
+            input = &input[n..];
+            used += n;
+            self.advance(n)?;
+        }
+        Ok(used)
+    }
+
+    /// The body received so far (the whole body once complete).
+    #[cfg(test)]
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body[..self.filled]
+    }
+
+    /// The buffer's capacity: what this frame costs in memory.
+    pub(crate) fn capacity(&self) -> usize {
+        self.body.capacity()
+    }
+
+    /// The complete body, leaving the reader empty.
+    pub(crate) fn into_body(mut self) -> Vec<u8> {
+        self.body.truncate(self.filled);
+        self.body
+    }
+}
+
 /// Reads one frame body into `buf` (replacing its contents).
 ///
-/// Allocates at most [`MAX_FRAME`] bytes, whatever the length prefix says.
+/// Reads exactly one frame's bytes, and grows `buf` only as bytes arrive.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let mut header = [0u8; 4];
-    let mut filled = 0;
-    while filled < header.len() {
-        match reader.read(&mut header[filled..]).await {
-            Ok(0) if filled == 0 => return Err(FrameError::Closed),
+    read_frame_counted(reader, buf, &std::sync::atomic::AtomicU64::new(0)).await
+}
+
+/// [`read_frame`], adding every byte read to `received`.
+pub(crate) async fn read_frame_counted<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    received: &std::sync::atomic::AtomicU64,
+) -> Result<(), FrameError> {
+    let mut frame = FrameReader::new();
+    while !frame.is_complete() {
+        let n = match reader.read(frame.space()).await {
+            Ok(0) if !frame.is_started() => return Err(FrameError::Closed),
             Ok(0) => return Err(FrameError::Truncated),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Truncated);
+            }
             Err(e) => return Err(FrameError::Io(e)),
-        }
+        };
+        received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        frame.advance(n)?;
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::Oversized {
-            len: len as u64,
-            max: MAX_FRAME,
-        });
-    }
-    buf.clear();
-    buf.resize(len, 0);
-    match reader.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
-        Err(e) => Err(FrameError::Io(e)),
-    }
+    *buf = frame.into_body();
+    Ok(())
 }
 
 /// Writes a complete, already encoded frame.
@@ -194,6 +343,18 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     writer.write_all(frame).await.map_err(FrameError::Io)?;
     writer.flush().await.map_err(FrameError::Io)
+}
+
+/// Decodes an application value that must fill `bytes` exactly: postcard is
+/// not self-describing, so trailing bytes are the only sign that the other
+/// side used another type.
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, postcard::Error> {
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        _ => Err(postcard::Error::DeserializeBadEncoding),
+    }
 }
 
 /// Decodes an optional application payload carried in a request or reply.
@@ -283,6 +444,37 @@ mod tests {
         let err = read_frame(&mut input, &mut buf).await.unwrap_err();
         assert!(matches!(err, FrameError::Oversized { .. }));
         assert_eq!(buf.capacity(), 0, "nothing may be allocated for it");
+    }
+
+    #[test]
+    fn a_frame_announcing_a_mebibyte_costs_what_arrived_not_what_was_announced() {
+        let mut reader = FrameReader::new();
+        let used = reader.push(&[0, 0x10, 0, 0, 1]).unwrap();
+        assert_eq!(used, 5);
+        assert!(!reader.is_complete());
+        assert!(reader.capacity() <= FIRST_CHUNK, "{}", reader.capacity());
+        let chunk = vec![7u8; 100_000];
+        reader.push(&chunk).unwrap();
+        assert!(reader.capacity() <= 2 * 100_001, "{}", reader.capacity());
+    }
+
+    #[test]
+    fn a_frame_fed_one_byte_at_a_time_is_the_frame_and_the_next_one_is_left() {
+        let frame = encode(&ToPrimary::Challenge { nonce: [9; 16] }).unwrap();
+        let mut stream = frame.clone();
+        stream.extend_from_slice(&frame);
+        let mut reader = FrameReader::new();
+        let mut used = 0;
+        while !reader.is_complete() {
+            used += reader.push(&stream[used..used + 1]).unwrap();
+        }
+        assert_eq!(
+            used,
+            frame.len(),
+            "not one byte of the next frame was taken"
+        );
+        let back: ToPrimary<'_> = decode(reader.body()).unwrap();
+        assert_eq!(back, ToPrimary::Challenge { nonce: [9; 16] });
     }
 
     #[tokio::test]

@@ -1,34 +1,86 @@
-//! The primary side: the listening endpoint, its server thread, and requests.
+//! The primary side: the one running instance, the requests it receives and
+//! the protocol it speaks on each connection.
+//!
+//! **Owns:** [`Primary`] (its request inbox, hand-over on drop), [`Request`]
+//! and the per-connection protocol of the primary's endpoint (greeting,
+//! request, watch, identity challenge, shutdown request).
+//! **Must not touch:** accepting, caps and deadlines (`server`), the election
+//! lock and directory (`election`, `dir`).
+//!
+//! # The inbox
+//!
+//! Connection tasks put requests into a bounded channel (128; a full inbox
+//! holds further requests back on their connections). The receiving end sits
+//! behind a plain mutex that is only ever held to take one item, never across
+//! an `.await`, so [`Primary::try_next_request`] always gets a queued request
+//! even while another task or thread waits in [`Primary::next_request`]. Async
+//! waiters park on a `Notify`, blocking ones on a `Condvar`; both are woken
+//! after every delivery and by [`Primary::stop_accepting`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::blocking::ensure_blocking_allowed;
 use super::frame::{self, FrameError, ToPrimary, ToSecondary};
+use super::identity::ProcessIdentity;
+use super::server::{Conn, ConnectionStats, Limits, ServerThread, Service};
 use super::{Error, Reply};
-
-/// How long a secondary may stay connected without sending its request.
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Requests waiting for the application to take them.
 const QUEUE: usize = 128;
 
-/// What travels from the server thread to the application.
+type Delivery = (Vec<u8>, oneshot::Sender<Result<(), FrameError>>);
+
+/// Shared between the [`Primary`] handle and its connection tasks.
 #[derive(Debug)]
-enum Item {
-    Request(Request),
-    /// Sent by `stop_accepting` to wake a waiting receiver.
-    Wake,
+struct Inbox {
+    rx: Mutex<mpsc::Receiver<Request>>,
+    accepting: AtomicBool,
+    /// Woken after every delivery and on `stop_accepting`.
+    arrived: Notify,
+    arrived_blocking: Condvar,
 }
 
-type Delivery = (Vec<u8>, oneshot::Sender<Result<(), FrameError>>);
+enum Take {
+    Got(Request),
+    Empty,
+    Ended,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, mpsc::Receiver<Request>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self, rx: &mut mpsc::Receiver<Request>) -> Take {
+        if !self.accepting.load(Ordering::SeqCst) {
+            // Queued requests are still received after `close`; then `Disconnected`.
+            rx.close();
+        }
+        match rx.try_recv() {
+            Ok(r) => Take::Got(r),
+            Err(mpsc::error::TryRecvError::Empty) => Take::Empty,
+            Err(mpsc::error::TryRecvError::Disconnected) => Take::Ended,
+        }
+    }
+
+    fn wake(&self) {
+        // Taking the lock orders this after any blocking waiter's check.
+        drop(self.lock());
+        self.arrived_blocking.notify_all();
+        self.arrived.notify_waiters();
+    }
+}
 
 /// The one running instance: receives the requests of later launches.
 ///
@@ -42,20 +94,19 @@ type Delivery = (Vec<u8>, oneshot::Sender<Result<(), FrameError>>);
 /// released, so a waiting secondary becomes primary at once.
 #[derive(Debug)]
 pub struct Primary {
-    requests: tokio::sync::Mutex<mpsc::Receiver<Item>>,
-    wake: mpsc::Sender<Item>,
-    accepting: watch::Sender<bool>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    inbox: Arc<Inbox>,
+    server: ServerThread,
     socket_path: Option<PathBuf>,
     endpoint: String,
     lock: Option<File>,
 }
 
+/// How to start a primary's server.
 pub(crate) struct ServerConfig {
     /// Peers must have this uid (per-user scope); `None` accepts every uid.
     pub required_uid: Option<u32>,
     pub endpoint: String,
+    pub limits: Limits,
 }
 
 impl Primary {
@@ -65,113 +116,104 @@ impl Primary {
         socket_path: Option<PathBuf>,
         lock: Option<File>,
     ) -> Result<Primary, Error> {
-        let bind_err = |source| Error::Bind {
-            endpoint: config.endpoint.clone(),
-            source,
-        };
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
-        let listener = {
-            let _guard = runtime.enter();
-            UnixListener::from_std(listener).map_err(bind_err)?
-        };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let wake = tx.clone();
-        let (accepting, accepting_rx) = watch::channel(true);
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let endpoint = config.endpoint.clone();
-        let server = std::thread::Builder::new()
-            .name("cohort-local-primary".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    tokio::select! {
-                        _ = stop_rx => {}
-                        _ = accept_loop(listener, tx, accepting_rx, config) => {}
-                    }
-                });
-                // Dropping the runtime cancels every connection task and closes its socket.
-                drop(runtime);
-            })
-            .map_err(|source| Error::Io {
-                what: "starting the primary's server thread",
-                source,
-            })?;
+        let inbox = Arc::new(Inbox {
+            rx: Mutex::new(rx),
+            accepting: AtomicBool::new(true),
+            arrived: Notify::new(),
+            arrived_blocking: Condvar::new(),
+        });
+        let service = Arc::new(PrimaryService {
+            inbox: inbox.clone(),
+            tx,
+        });
+        let server = ServerThread::spawn(
+            listener,
+            config.endpoint.clone(),
+            config.required_uid,
+            config.limits,
+            service,
+        )?;
         Ok(Primary {
-            requests: tokio::sync::Mutex::new(rx),
-            wake,
-            accepting,
-            stop: Some(stop),
-            server: Some(server),
+            inbox,
+            server,
             socket_path,
-            endpoint,
+            endpoint: config.endpoint,
             lock,
         })
     }
 
     /// Waits for the next request from a later launch.
     ///
-    /// Returns `None` once [`Primary::stop_accepting`] was called and every
+    /// Returns `None` once [`Primary::stop_accepting`] was called (also by an
+    /// [`InstanceHandle::shutdown`](super::InstanceHandle::shutdown)) and every
     /// request already queued has been taken.
     pub async fn next_request(&self) -> Option<Request> {
-        let mut requests = self.requests.lock().await;
         loop {
-            if !self.is_accepting() {
-                requests.close();
+            let arrived = self.inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            match self.inbox.take(&mut self.inbox.lock()) {
+                Take::Got(r) => return Some(r),
+                Take::Ended => return None,
+                Take::Empty => {}
             }
-            match requests.recv().await? {
-                Item::Request(r) => return Some(r),
-                Item::Wake => {}
-            }
+            arrived.await;
         }
     }
 
-    /// Blocking form of [`Primary::next_request`], for applications without an
-    /// async runtime. Must not be called from inside an async runtime.
-    pub fn next_request_blocking(&self) -> Option<Request> {
-        let mut requests = self.requests.blocking_lock();
-        loop {
-            if !self.is_accepting() {
-                requests.close();
-            }
-            match requests.blocking_recv()? {
-                Item::Request(r) => return Some(r),
-                Item::Wake => {}
-            }
-        }
+    /// Blocking form of [`Primary::next_request`], for threads outside any
+    /// async runtime; inside one it fails with [`Error::BlockingInRuntime`].
+    pub fn next_request_blocking(&self) -> Result<Option<Request>, Error> {
+        ensure_blocking_allowed("Primary::next_request_blocking")?;
+        Ok(self.wait_blocking(None))
     }
 
     /// Blocking form of [`Primary::next_request`] that waits at most `wait`.
     ///
     /// `Ok(None)` when no request arrived in time, or when the primary stopped
-    /// accepting ([`Primary::is_accepting`] tells them apart). Must not be called
-    /// from inside an async runtime.
+    /// accepting ([`Primary::is_accepting`] tells them apart). Inside an async
+    /// runtime it fails with [`Error::BlockingInRuntime`].
     pub fn next_request_timeout_blocking(&self, wait: Duration) -> Result<Option<Request>, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(Error::Runtime)?;
-        Ok(runtime.block_on(async {
-            tokio::time::timeout(wait, self.next_request())
-                .await
-                .ok()
-                .flatten()
-        }))
+        ensure_blocking_allowed("Primary::next_request_timeout_blocking")?;
+        Ok(self.wait_blocking(Some(Instant::now() + wait)))
     }
 
-    /// Takes a request if one is waiting, without waiting.
-    pub fn try_next_request(&self) -> Option<Request> {
-        let mut requests = self.requests.try_lock().ok()?;
+    fn wait_blocking(&self, deadline: Option<Instant>) -> Option<Request> {
+        let mut rx = self.inbox.lock();
         loop {
-            if !self.is_accepting() {
-                requests.close();
+            match self.inbox.take(&mut rx) {
+                Take::Got(r) => return Some(r),
+                Take::Ended => return None,
+                Take::Empty => {}
             }
-            match requests.try_recv().ok()? {
-                Item::Request(r) => return Some(r),
-                Item::Wake => {}
-            }
+            rx = match deadline {
+                None => self
+                    .inbox
+                    .arrived_blocking
+                    .wait(rx)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.inbox
+                        .arrived_blocking
+                        .wait_timeout(rx, left)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Takes a request if one is queued, without waiting; never misses one
+    /// because another task or thread is waiting in `next_request`.
+    pub fn try_next_request(&self) -> Option<Request> {
+        match self.inbox.take(&mut self.inbox.lock()) {
+            Take::Got(r) => Some(r),
+            Take::Empty | Take::Ended => None,
         }
     }
 
@@ -182,21 +224,26 @@ impl Primary {
     /// [`Primary::next_request`], which then returns `None` (a task or thread
     /// waiting in it is woken); requests already taken can still be answered.
     pub fn stop_accepting(&self) {
-        self.accepting.send_replace(false);
-        // Wake a waiting receiver; if the queue is full it is not waiting anyway
-        // and sees the flag before its next receive.
-        let _ = self.wake.try_send(Item::Wake);
+        self.inbox.accepting.store(false, Ordering::SeqCst);
+        self.inbox.wake();
     }
 
-    /// True until [`Primary::stop_accepting`] is called.
+    /// True until [`Primary::stop_accepting`] is called (or a shutdown was
+    /// requested through an [`InstanceHandle`](super::InstanceHandle)).
     pub fn is_accepting(&self) -> bool {
-        *self.accepting.borrow()
+        self.inbox.accepting.load(Ordering::SeqCst)
     }
 
     /// The endpoint this primary listens on: a socket path, or `@name` for an
     /// abstract socket.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Counters of the endpoint's connections: accepted, open, evicted at the
+    /// cap, refused, timed out, bad frames.
+    pub fn stats(&self) -> ConnectionStats {
+        self.server.stats()
     }
 
     /// Hands over and releases the election: same as dropping the primary, named
@@ -208,13 +255,8 @@ impl Primary {
 
 impl Drop for Primary {
     fn drop(&mut self) {
-        self.accepting.send_replace(false);
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
-        }
+        self.inbox.accepting.store(false, Ordering::SeqCst);
+        self.server.stop();
         // Still holding the lock: only the holder may remove the endpoint.
         if let Some(path) = self.socket_path.take() {
             let _ = std::fs::remove_file(path);
@@ -224,133 +266,148 @@ impl Drop for Primary {
     }
 }
 
-async fn accept_loop(
-    listener: UnixListener,
-    tx: mpsc::Sender<Item>,
-    accepting: watch::Receiver<bool>,
-    config: ServerConfig,
-) {
-    let required_uid = config.required_uid;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, tx.clone(), accepting.clone(), required_uid));
-            }
-            Err(error) => {
-                // Out of file descriptors and similar: keep serving, but do not spin.
-                tracing::warn!(%error, endpoint = %config.endpoint, "accepting a local connection failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+struct PrimaryService {
+    inbox: Arc<Inbox>,
+    tx: mpsc::Sender<Request>,
+}
+
+impl PrimaryService {
+    fn accepting(&self) -> bool {
+        self.inbox.accepting.load(Ordering::SeqCst)
     }
 }
 
-async fn serve(
-    mut stream: UnixStream,
-    tx: mpsc::Sender<Item>,
-    accepting: watch::Receiver<bool>,
-    required_uid: Option<u32>,
-) {
-    let cred = match stream.peer_cred() {
-        Ok(cred) => cred,
-        Err(error) => {
-            tracing::warn!(%error, "could not read a local peer's credentials; closing the connection");
+impl Service for PrimaryService {
+    async fn serve(self: Arc<Self>, conn: &mut Conn) {
+        let open = self.accepting();
+        let hello = frame::encode(&ToSecondary::Hello { accepting: open }).expect("tiny frame");
+        if let Err(error) = conn.write(&hello).await {
+            tracing::debug!(peer_pid = conn.pid, %error, "a secondary left before the greeting");
             return;
         }
-    };
-    let pid = cred.pid().unwrap_or(0);
-    let uid = cred.uid();
-    if let Some(required) = required_uid
-        && uid != required
-    {
-        tracing::warn!(
-            peer_pid = pid,
-            peer_uid = uid,
-            expected_uid = required,
-            "refusing a local connection from another user"
-        );
-        return;
-    }
-    let open = *accepting.borrow();
-    let hello = frame::encode(&ToSecondary::Hello { accepting: open }).expect("tiny frame");
-    if let Err(error) = frame::write_frame(&mut stream, &hello).await {
-        tracing::debug!(peer_pid = pid, %error, "a secondary left before the greeting");
-        return;
-    }
-    if !open {
-        return;
-    }
-    let mut buf = Vec::new();
-    match tokio::time::timeout(IDLE_LIMIT, frame::read_frame(&mut stream, &mut buf)).await {
-        Err(_) => {
-            tracing::debug!(peer_pid = pid, "a secondary sent nothing in time; closing");
+        if !open {
             return;
         }
-        Ok(Err(FrameError::Closed)) => return,
-        Ok(Err(error)) => {
-            tracing::warn!(peer_pid = pid, error = %error, source = ?std::error::Error::source(&error), "closing a local connection after a bad frame");
+        let Some(buf) = conn.first_frame().await else {
             return;
-        }
-        Ok(Ok(())) => {}
-    }
-    let wire = match frame::decode::<ToPrimary<'_>>(&buf) {
-        Ok(ToPrimary::Request(wire)) => wire,
-        Ok(ToPrimary::Watch) => {
-            // Keep the connection open until this process exits or hands over; the
-            // peer learns of it from the end of the stream.
-            let mut sink = [0u8; 64];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
+        };
+        let wire = match frame::decode::<ToPrimary<'_>>(&buf) {
+            Ok(ToPrimary::Request(wire)) => wire,
+            Ok(ToPrimary::Watch) => {
+                // Open until this process exits or hands over; the peer learns
+                // of it from the end of the stream.
+                conn.set_watching();
+                conn.peer_gone().await;
+                return;
             }
-            return;
+            Ok(ToPrimary::Challenge { nonce }) => {
+                answer_challenge(conn, nonce).await;
+                return;
+            }
+            Ok(ToPrimary::Shutdown) => {
+                self.shutdown_requested(conn).await;
+                return;
+            }
+            Err(error) => {
+                conn.bad_frame(&error);
+                return;
+            }
+        };
+        conn.set_busy();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = Request {
+            args: wire
+                .args
+                .iter()
+                .map(|a| OsString::from_vec(a.to_vec()))
+                .collect(),
+            cwd: wire
+                .cwd
+                .map(|c| PathBuf::from(OsString::from_vec(c.to_vec()))),
+            env: wire
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        OsString::from_vec(k.to_vec()),
+                        OsString::from_vec(v.to_vec()),
+                    )
+                })
+                .collect(),
+            payload: wire.payload.map(<[u8]>::to_vec),
+            pid: conn.pid,
+            uid: conn.uid,
+            reply: Some(reply_tx),
+        };
+        drop(buf);
+        if self.accepting() && self.tx.send(request).await.is_ok() {
+            self.inbox.wake();
+            let answered = tokio::select! {
+                answered = reply_rx => answered.ok(),
+                () = conn.peer_gone() => None,
+            };
+            if let Some((frame, done)) = answered {
+                let result = conn.write(&frame).await;
+                let _ = done.send(result);
+                return;
+            }
         }
-        Err(error) => {
-            tracing::warn!(peer_pid = pid, error = %error, source = ?std::error::Error::source(&error), "closing a local connection after a bad frame");
-            return;
-        }
-    };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let request = Request {
-        args: wire
-            .args
-            .iter()
-            .map(|a| OsString::from_vec(a.to_vec()))
-            .collect(),
-        cwd: wire
-            .cwd
-            .map(|c| PathBuf::from(OsString::from_vec(c.to_vec()))),
-        env: wire
-            .env
-            .iter()
-            .map(|(k, v)| {
-                (
-                    OsString::from_vec(k.to_vec()),
-                    OsString::from_vec(v.to_vec()),
-                )
-            })
-            .collect(),
-        payload: wire.payload.map(<[u8]>::to_vec),
-        pid,
-        uid,
-        reply: Some(reply_tx),
-    };
-    drop(buf);
-    if *accepting.borrow()
-        && tx.send(Item::Request(request)).await.is_ok()
-        && let Ok((frame, done)) = reply_rx.await
-    {
-        let result = frame::write_frame(&mut stream, &frame).await;
-        let _ = done.send(result);
-        return;
+        // Not taken because the primary stopped accepting, dropped unanswered,
+        // or the secondary left (then this write fails harmlessly).
+        let refused = frame::encode(&ToSecondary::Refused {
+            shutting_down: !self.accepting(),
+        })
+        .expect("tiny frame");
+        let _ = conn.write(&refused).await;
     }
-    // Not taken because the primary stopped accepting, or dropped unanswered.
-    let refused = frame::encode(&ToSecondary::Refused {
-        shutting_down: !*accepting.borrow(),
-    })
-    .expect("tiny frame");
-    let _ = frame::write_frame(&mut stream, &refused).await;
+}
+
+impl PrimaryService {
+    /// Only this user (or root) may stop the primary, also in the system scope.
+    async fn shutdown_requested(&self, conn: &mut Conn) {
+        let me = super::dir::euid();
+        if conn.uid != me && conn.uid != 0 {
+            tracing::warn!(
+                peer_pid = conn.pid,
+                peer_uid = conn.uid,
+                "refusing a shutdown request from another user"
+            );
+            let refused = frame::encode(&ToSecondary::Refused {
+                shutting_down: false,
+            })
+            .expect("tiny frame");
+            let _ = conn.write(&refused).await;
+            return;
+        }
+        tracing::info!(
+            peer_pid = conn.pid,
+            "shutdown requested; no longer accepting"
+        );
+        self.inbox.accepting.store(false, Ordering::SeqCst);
+        self.inbox.wake();
+        let stopping = frame::encode(&ToSecondary::Stopping).expect("tiny frame");
+        let _ = conn.write(&stopping).await;
+    }
+}
+
+/// Answers an identity challenge with this process's identity and the nonce.
+pub(crate) async fn answer_challenge(conn: &mut Conn, nonce: [u8; 16]) {
+    conn.set_busy();
+    // Hashing our executable happens once per process, off the runtime.
+    let identity = match tokio::task::spawn_blocking(ProcessIdentity::current).await {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot answer an identity challenge");
+            return;
+        }
+        Err(_) => return,
+    };
+    match frame::encode(&ToSecondary::Identity { nonce, identity }) {
+        Ok(answer) => {
+            let _ = conn.write(&answer).await;
+        }
+        Err(_) => tracing::warn!("this process's identity does not fit in a frame"),
+    }
 }
 
 /// One forwarded launch: its arguments, working directory, chosen environment
@@ -437,9 +494,11 @@ impl Request {
         delivered(pid, done.await)
     }
 
-    /// Blocking form of [`Request::reply`]. Must not be called from inside an
-    /// async runtime.
+    /// Blocking form of [`Request::reply`]. Inside an async runtime it fails
+    /// with [`Error::BlockingInRuntime`] (the request is then dropped, which
+    /// refuses it).
     pub fn reply_blocking(mut self, reply: Reply) -> Result<(), Error> {
+        ensure_blocking_allowed("Request::reply_blocking")?;
         let pid = self.pid;
         let done = self.send(&reply)?;
         delivered(pid, done.blocking_recv())

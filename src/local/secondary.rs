@@ -14,8 +14,10 @@ use super::frame::{self, FrameError, ToPrimary, ToSecondary, WireRequest};
 
 /// A later launch that found a live primary and may forward one request to it.
 ///
-/// It holds a connection the primary has already greeted; forward within a
-/// minute of acquiring it. Forwarding consumes the `Secondary`: to forward again,
+/// It holds a connection the primary has already greeted; forward within
+/// [`SingleInstance::first_frame_timeout`](super::SingleInstance::first_frame_timeout)
+/// (5 s by default) of acquiring it, or the primary closes the connection and
+/// forwarding fails with the retryable [`Error::Disconnected`]. Forwarding consumes the `Secondary`: to forward again,
 /// call `acquire()` again.
 #[derive(Debug)]
 pub struct Secondary {
@@ -67,6 +69,34 @@ impl Secondary {
     }
 }
 
+impl Secondary {
+    /// Asks the primary to stop accepting (see `InstanceHandle::shutdown`).
+    pub(crate) async fn request_shutdown(mut self) -> Result<(), Error> {
+        let pid = self.pid;
+        let ask = frame::encode(&ToPrimary::Shutdown)?;
+        let waited = self.reply_timeout;
+        let exchange = async {
+            frame::write_frame(&mut self.stream, &ask).await?;
+            let mut buf = Vec::new();
+            frame::read_frame(&mut self.stream, &mut buf).await?;
+            match frame::decode::<ToSecondary<'_>>(&buf)? {
+                ToSecondary::Stopping => Ok(Ok(())),
+                ToSecondary::Refused { shutting_down } => Ok(Err(shutting_down)),
+                _ => Err(FrameError::Unexpected(
+                    "not an answer to a shutdown request",
+                )),
+            }
+        };
+        match tokio::time::timeout(waited, exchange).await {
+            Err(_) => Err(Error::ReplyTimeout { pid, waited }),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(shutting_down))) => Err(Error::Refused { pid, shutting_down }),
+            Ok(Err(FrameError::Closed | FrameError::Truncated)) => Err(Error::Disconnected { pid }),
+            Ok(Err(source)) => Err(Error::Frame { pid, source }),
+        }
+    }
+}
+
 enum Answer {
     Reply(Reply),
     Refused { shutting_down: bool },
@@ -83,6 +113,7 @@ async fn exchange(stream: &mut UnixStream, request: &[u8]) -> Result<Answer, Fra
         })),
         ToSecondary::Refused { shutting_down } => Ok(Answer::Refused { shutting_down }),
         ToSecondary::Hello { .. } => Err(FrameError::Unexpected("a second greeting")),
+        _ => Err(FrameError::Unexpected("not a reply to a request")),
     }
 }
 

@@ -34,3 +34,50 @@ pub fn scratch(test: &str) -> Scratch {
         .unwrap();
     Scratch(p)
 }
+
+/// A test that cannot run in this environment: prints why and returns
+/// normally, except under CI (the `CI` environment variable is set), where it
+/// panics, so a green CI run always means every test really ran.
+#[allow(dead_code)]
+pub fn cannot_run_here(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "this test cannot run here, and CI is set, so it fails instead of skipping: {reason}"
+        );
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// Arguments that make this test binary run only the ignored test `name`
+/// (the way these tests start helper processes).
+#[allow(dead_code)]
+pub fn child_args(name: &str) -> [&str; 5] {
+    [
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+}
+
+/// Prints one report line for the parent test (`@@ ` prefixed, flushed).
+#[allow(dead_code)]
+pub fn report(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@ {line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Waits (in a blocking thread) until the kernel reports `pid` stopped, so a
+/// SIGSTOP that was only queued has taken effect.
+#[allow(dead_code)]
+pub fn wait_until_stopped(pid: i32) {
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::waitid(
+        rustix::process::WaitId::Pid(pid),
+        rustix::process::WaitIdOptions::STOPPED | rustix::process::WaitIdOptions::NOWAIT,
+    )
+    .unwrap();
+}
