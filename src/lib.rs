@@ -29,7 +29,9 @@
 //! - [`discovery`]: [`discovery::spawn`] keeps a chart current and returns a
 //!   [`discovery::Discovery`] handle; `found_everyone` / `found_majority` wait
 //!   for a cohort.
-//! - [`local`]: same-host coordination (one primary per application and user).
+//! - [`local`]: same-host coordination: one primary per application and user
+//!   with forwarding, every running instance listed with a handshake,
+//!   verified process identities, daemons spawned or reused, port helpers.
 //!
 //! [`protocol`] and [`wire`] are the advanced layers underneath, public for
 //! custom drivers, simulation and fuzzing.
@@ -48,7 +50,9 @@
 //! | [`Chart`], [`ChartBuilder`], [`discovery`] | the public handle (an `Arc` of shared state): a *view* of the protocol's membership that only protocol events change; its builder; the handle that runs discovery | sockets, protocol timing |
 //!
 //! [`local`] (same-host coordination) stands beside them and shares nothing
-//! with the chart.
+//! with the chart. `source` describes membership from registries beside the
+//! LAN (etcd, behind the `etcd` feature), which the protocol merges with
+//! what the LAN says.
 //!
 //! # The driver's run loop
 //!
@@ -85,6 +89,7 @@ mod host;
 pub mod local;
 mod net;
 pub mod protocol;
+mod source;
 mod status;
 pub mod wire;
 
@@ -94,6 +99,7 @@ pub use chart::{
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
 pub use protocol::Schedule;
+pub use source::Source;
 pub use status::{IoStats, Problem, Stats, Status};
 pub use wire::{DecodeError, Id};
 
