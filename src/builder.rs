@@ -24,7 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chart::{Chart, Message, Ports, Settings, encode_payload};
 use crate::error::BuildError;
-use crate::protocol::Schedule;
+use crate::protocol::{Limits, Schedule};
+use crate::wire::seal::{Key, KeyRing, MIN_SECRET};
 use crate::wire::{Id, MAX_NAMESPACE};
 
 /// The default discovery port. Not a well-known service port; it is in the
@@ -73,7 +74,7 @@ pub struct ChartBuilder<I = NoId, P = NoPayload> {
     options: Options,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Options {
     port: u16,
     group: Ipv4Addr,
@@ -82,6 +83,24 @@ struct Options {
     local_discovery: bool,
     multicast_ttl: u32,
     schedule: Schedule,
+    secret: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("port", &self.port)
+            .field("group", &self.group)
+            .field("namespace", &self.namespace)
+            .field("interfaces", &self.interfaces)
+            .field("local_discovery", &self.local_discovery)
+            .field("multicast_ttl", &self.multicast_ttl)
+            .field("schedule", &self.schedule)
+            .field("secret", &self.secret.as_ref().map(|_| "<secret>"))
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl Default for ChartBuilder {
@@ -107,6 +126,8 @@ impl ChartBuilder {
                 local_discovery: false,
                 multicast_ttl: 1,
                 schedule: Schedule::default(),
+                secret: None,
+                limits: Limits::default(),
             },
         }
     }
@@ -225,6 +246,43 @@ impl<I, P> ChartBuilder<I, P> {
         self.options.schedule = schedule;
         self
     }
+
+    /// Seals every packet with a key derived from `secret` (at least 16
+    /// bytes; 32 random bytes are good): XChaCha20-Poly1305, the header
+    /// authenticated too. Instances with another secret, or none, never see
+    /// each other; payloads, ports and process tags are unreadable to
+    /// outsiders; forged, altered and replayed packets are dropped and
+    /// counted. Every instance of the cohort needs the same secret, and
+    /// clocks that agree within [`REPLAY_WINDOW`](crate::protocol::REPLAY_WINDOW).
+    ///
+    /// ```
+    /// let chart = cohort::ChartBuilder::new()
+    ///     .with_random_id()
+    ///     .with_service_port(8042)
+    ///     .with_secret(b"32 random bytes from a secret store")
+    ///     .finish()?;
+    /// # Ok::<(), cohort::BuildError>(())
+    /// ```
+    pub fn with_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.options.secret = Some((secret.as_ref().to_vec(), None));
+        self
+    }
+
+    /// Like [`with_secret`](Self::with_secret), and also accepts packets
+    /// sealed with `next`: the middle step of a key rotation (see
+    /// [`Chart::set_secret`](crate::Chart::set_secret), which rotates a
+    /// running chart).
+    pub fn with_secrets(mut self, current: impl AsRef<[u8]>, next: impl AsRef<[u8]>) -> Self {
+        self.options.secret = Some((current.as_ref().to_vec(), Some(next.as_ref().to_vec())));
+        self
+    }
+
+    /// Bounds on what other senders can make this instance hold or send.
+    /// The defaults fit any real LAN. Default [`Limits::default`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
 }
 
 impl<P: Message> ChartBuilder<WithId, P> {
@@ -253,6 +311,10 @@ impl<P: Message> ChartBuilder<WithId, P> {
             return Err(BuildError::LoopbackWithoutLocalDiscovery);
         }
         let payload = encode_payload(&o.namespace, &self.payload)?;
+        let keys = match &o.secret {
+            Some((current, next)) => Some(key_ring(current, next.as_deref())?),
+            None => None,
+        };
         let id = match self.id.0 {
             Some(id) => id,
             None => getrandom::u64().map_err(BuildError::Random)?,
@@ -274,9 +336,24 @@ impl<P: Message> ChartBuilder<WithId, P> {
             multicast_ttl: o.multicast_ttl,
             schedule: o.schedule,
             seed,
+            limits: o.limits,
         };
-        Ok(Chart::new(settings, self.payload, payload))
+        Ok(Chart::new(settings, self.payload, payload, keys))
     }
+}
+
+/// The keys for a secret (and the next one of a rotation).
+pub(crate) fn key_ring(current: &[u8], next: Option<&[u8]>) -> Result<KeyRing, BuildError> {
+    for secret in std::iter::once(current).chain(next) {
+        if secret.len() < MIN_SECRET {
+            return Err(BuildError::WeakSecret { len: secret.len() });
+        }
+    }
+    let ring = KeyRing::new(Key::derive(current));
+    Ok(match next {
+        Some(next) => ring.with_next(Key::derive(next)),
+        None => ring,
+    })
 }
 
 #[cfg(test)]

@@ -63,6 +63,14 @@ pub enum BuildError {
         "the operating system's random number generator failed, so no random id or seed could be chosen; set an id with `with_id`"
     )]
     Random(#[source] getrandom::Error),
+    /// The secret is too short to derive a key from.
+    #[error(
+        "the secret is {len} bytes; use at least 16 (32 random bytes are good) in `with_secret`"
+    )]
+    WeakSecret {
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 /// A message that cannot be announced. Returned by
@@ -118,6 +126,11 @@ pub enum DiscoveryError {
         "discovery is already running for this chart; run one `spawn` (or `maintain`) per chart and clone the chart to share it"
     )]
     AlreadyRunning,
+    /// The operating system's random number generator failed.
+    #[error(
+        "the operating system's random number generator failed; discovery needs it for its address-validation cookies"
+    )]
+    Random(#[source] getrandom::Error),
     /// `discovery::spawn` was called outside a tokio runtime.
     #[error(
         "discovery::spawn needs a tokio runtime; call it from async code (for example inside #[tokio::main]) or inside `Runtime::enter()`"

@@ -95,11 +95,12 @@ pub mod wire;
 
 pub use builder::ChartBuilder;
 pub use chart::{
-    Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Notify, Ports, Subscription,
+    Address, Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Notify, Ports,
+    Subscription,
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
 pub use protocol::Schedule;
-pub use source::Source;
+pub use source::{Learned, Source};
 pub use status::{IoStats, Problem, Stats, Status};
 pub use wire::{DecodeError, Id};
 

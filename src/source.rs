@@ -1,4 +1,4 @@
-#![cfg_attr(not(feature = "etcd"), allow(dead_code))] // used by the `etcd` source
+#![allow(dead_code)] // until the etcd source (src/etcd) lands
 //! Membership from sources beside the LAN (etcd), as the driver hands it to
 //! the protocol.
 //!
@@ -23,6 +23,27 @@ pub enum Source {
     Lan,
     /// An etcd cluster.
     Etcd,
+}
+
+/// Where an entry was learned: the LAN, an external registry, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Learned {
+    /// Heard on the LAN (multicast, seeds or broadcast).
+    pub lan: bool,
+    /// Read from an etcd cluster.
+    pub etcd: bool,
+}
+
+impl std::fmt::Display for Learned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.lan, self.etcd) {
+            (true, true) => "lan+etcd",
+            (true, false) => "lan",
+            (false, true) => "etcd",
+            (false, false) => "-",
+        })
+    }
 }
 
 /// What one instance publishes about itself to an external registry.

@@ -162,12 +162,12 @@ async fn garbage_sent_to_the_discovery_port_does_not_stop_discovery() {
         b"hello".to_vec(),
         vec![0xff; 9000],
         b"cht\0".to_vec(),
-        b"cht\0\x01".to_vec(),
+        b"cht\0\x02\x00".to_vec(),
         b"cht\0\x09whatever".to_vec(),
     ];
-    // Valid magic and version, body of random-looking bytes.
+    // Valid magic, version and mode (open), body of random-looking bytes.
     for seed in 0..200u32 {
-        let mut g = b"cht\0\x01".to_vec();
+        let mut g = b"cht\0\x02\x00".to_vec();
         g.extend(
             (0..(seed % 60))
                 .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8),
@@ -187,9 +187,9 @@ async fn garbage_sent_to_the_discovery_port_does_not_stop_discovery() {
     tokio::spawn(discovery::maintain(third.clone()));
     all_find_each_other(&[first.clone(), second, third]).await;
     // `first` heard both floods; every datagram is counted by reason. Per
-    // flood: "hello" has bad magic; empty and "cht\0" are truncated; 9000
-    // bytes is oversize; version 9 is unsupported; the rest are truncated
-    // or malformed bodies.
+    // flood: "hello" has bad magic; empty, "cht\0" and a bare header are
+    // truncated; 9000 bytes is oversize; version 9 is unsupported; the rest
+    // are truncated or malformed bodies.
     let stats = first.stats().protocol;
     assert_eq!(stats.dropped_bad_magic, 2, "{stats:?}");
     assert_eq!(stats.dropped_oversize, 2, "{stats:?}");

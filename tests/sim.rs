@@ -278,7 +278,9 @@ fn a_hundred_instances_started_together_all_know_each_other_within_two_milliseco
 }
 
 #[test]
-fn a_newcomer_learns_a_hundred_running_peers_within_one_round_trip() {
+/// One multicast hop, the pacing spread for a group of 101 (2 ms), and the
+/// three unicast hops of the handshake (at most 0.5 ms each here).
+fn a_newcomer_learns_a_hundred_running_peers_within_four_milliseconds() {
     let n = 101;
     let mut sim = Sim::new(n, LAN, 7);
     for i in 0..n - 1 {
@@ -292,14 +294,14 @@ fn a_newcomer_learns_a_hundred_running_peers_within_one_round_trip() {
         .run_until_converged(started + Duration::from_secs(60))
         .expect("never converged");
     assert!(
-        at - started <= Duration::from_millis(1),
+        at - started <= Duration::from_millis(4),
         "took {:?}",
         at - started
     );
 }
 
 #[test]
-fn instances_starting_over_a_second_converge_within_two_milliseconds_of_the_last_start() {
+fn instances_starting_over_a_second_converge_within_four_milliseconds_of_the_last_start() {
     let n = 100;
     let mut sim = Sim::new(n, LAN, 11);
     let mut last_start = Duration::ZERO;
@@ -313,14 +315,17 @@ fn instances_starting_over_a_second_converge_within_two_milliseconds_of_the_last
         .run_until_converged(Duration::from_secs(60))
         .expect("never converged");
     assert!(
-        at.saturating_sub(last_start) <= Duration::from_millis(2),
+        at.saturating_sub(last_start) <= Duration::from_millis(4),
         "converged at {at:?}"
     );
 }
 
-/// With 10% loss on every delivery, the eager announcements and their
-/// replies still mend every pair quickly; the bound leaves room for the
-/// unluckiest pair to wait for the backed-off schedule.
+/// With 10% loss on every delivery, every pair still completes its
+/// handshake quickly: the settling announcements carry the ids heard, so a
+/// handshake that lost a datagram is retried at the next announcement of
+/// either side, and the last datagram of each handshake goes twice. The
+/// bound leaves room for the unluckiest pair to wait for the backed-off
+/// schedule.
 #[test]
 fn with_ten_percent_loss_a_hundred_instances_converge_within_three_seconds() {
     let n = 100;
@@ -516,16 +521,18 @@ fn idle_instances_on_the_quiet_preset_send_at_most_two_datagrams_a_minute_each()
     let before: u64 = sim.sent.iter().sum();
     sim.run_until(Duration::from_secs(300 + 1800));
     let per_minute = (sim.sent.iter().sum::<u64>() - before) as f64 / n as f64 / 30.0;
+    // One announcement every 30 s ± 20%: 2 a minute on average, and a
+    // 30-minute window of jittered gaps lands within a few percent of it.
     assert!(
-        per_minute <= 2.0,
+        per_minute <= 2.0 * 1.03,
         "{per_minute} datagrams per instance per minute"
     );
-    assert!(per_minute >= 1.5, "{per_minute}: announcements stopped?");
+    assert!(per_minute >= 1.9, "{per_minute}: announcements stopped?");
 }
 
 /// Random and mutated datagrams fed straight into the state machine never
-/// panic it, never make it emit an event for a peer that never sent a valid
-/// packet, and leave it working: a real peer still joins afterwards.
+/// panic it, never make a peer of a sender that did not prove its address,
+/// and leave it working: a real peer still joins afterwards.
 #[test]
 fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
     let mut sim = Sim::new(2, LAN, 77);
@@ -549,33 +556,18 @@ fn hostile_datagrams_never_panic_the_state_machine_or_invent_peers() {
     };
     let from: SocketAddr = "127.9.9.9:40000".parse().unwrap();
     let p = sim.instances[0].as_mut().unwrap();
-    // Ids that some datagram really announced: the decoder accepts it as an
-    // announcement or reply of our namespace.
-    let mut announced = std::collections::HashSet::new();
     for _ in 0..100_000 {
         let mut bytes = valid.clone();
         for _ in 0..=(next() % 4) {
             let at = (next() as usize) % bytes.len();
             bytes[at] = next() as u8;
         }
-        if let Ok(packet) = cohort::wire::decode(&bytes)
-            && packet.namespace == "sim"
-            && matches!(
-                packet.kind,
-                cohort::wire::Kind::Announce | cohort::wire::Kind::Reply
-            )
-        {
-            announced.insert(packet.sender);
-        }
         let _ = p.handle_datagram(sim.base, from, &bytes);
     }
     assert_eq!(p.stats().datagrams_received, 100_000);
-    for (id, _) in p.peers() {
-        assert!(
-            announced.contains(&id),
-            "peer {id} was never announced by a valid packet"
-        );
-    }
+    // The forger never proves it receives at 127.9.9.9, so nothing it says
+    // makes anyone a peer, however valid the packet.
+    assert_eq!(p.peer_count(), 0);
     sim.start(1);
     sim.run_until(Duration::from_secs(1));
     assert!(sim.instances[0].as_ref().unwrap().peer(1).is_some());

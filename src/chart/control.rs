@@ -11,13 +11,24 @@
 //! reach (and poison) a later run: each run starts with no requests.
 
 use crate::wire::Id;
+use crate::wire::seal::KeyRing;
 
 /// What the driver should do, taken in one go.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Requests {
     pub(crate) shutdown: bool,
     pub(crate) payload: Option<Vec<u8>>,
     pub(crate) forget: Vec<Id>,
+    /// New keys (`Some(None)`: none, open packets from now on).
+    pub(crate) keys: Option<Option<KeyRing>>,
+}
+
+impl Requests {
+    /// Whether nothing is asked.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.shutdown && self.payload.is_none() && self.forget.is_empty() && self.keys.is_none()
+    }
 }
 
 /// Shared between the handles and the driver, under the chart's lock.
@@ -67,6 +78,15 @@ impl Control {
         self.running.is_some()
     }
 
+    /// Hands new keys to the running driver. Returns whether one was
+    /// running.
+    pub(crate) fn keys(&mut self, keys: Option<KeyRing>) -> bool {
+        if self.running.is_some() {
+            self.pending.keys = Some(keys);
+        }
+        self.running.is_some()
+    }
+
     /// Asks the running driver to forget `id`. Returns whether one was
     /// running.
     pub(crate) fn forget(&mut self, id: Id) -> bool {
@@ -93,7 +113,7 @@ mod tests {
         assert!(!c.payload(vec![1]));
         assert!(!c.forget(3));
         assert!(c.begin().is_some());
-        assert_eq!(c.take(), Requests::default());
+        assert!(c.take().is_empty());
     }
 
     #[test]
@@ -109,7 +129,7 @@ mod tests {
         assert!(taken.shutdown);
         assert_eq!(taken.payload, Some(9_999u32.to_le_bytes().to_vec()));
         assert_eq!(taken.forget, vec![0, 1, 2]);
-        assert_eq!(c.take(), Requests::default());
+        assert!(c.take().is_empty());
     }
 
     #[test]

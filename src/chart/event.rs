@@ -9,10 +9,55 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub use crate::protocol::LeftReason;
+use crate::source::Learned;
 use crate::wire::{Id, ProcessTag};
 
 /// How many events a subscriber may fall behind before it is told it lagged.
 pub const EVENT_CAPACITY: usize = 1024;
+
+/// One address an instance can be reached at: an IP and, for an IPv6
+/// link-local address, the scope (local interface index) it is valid on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// The IP address.
+    pub ip: IpAddr,
+    /// The IPv6 scope id (0 for IPv4 and global IPv6 addresses).
+    pub scope_id: u32,
+}
+
+impl Address {
+    /// The socket address for `port` on this address, scope included.
+    pub fn with_port(self, port: u16) -> SocketAddr {
+        match self.ip {
+            IpAddr::V4(ip) => SocketAddr::from((ip, port)),
+            IpAddr::V6(ip) => {
+                SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, 0, self.scope_id))
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Self {
+        let scope_id = match addr {
+            SocketAddr::V6(v6) => v6.scope_id(),
+            SocketAddr::V4(_) => 0,
+        };
+        Address {
+            ip: addr.ip(),
+            scope_id,
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.scope_id {
+            0 => write!(f, "{}", self.ip),
+            scope => write!(f, "{}%{scope}", self.ip),
+        }
+    }
+}
 
 /// One discovered instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +65,14 @@ pub const EVENT_CAPACITY: usize = 1024;
 pub struct Entry<M> {
     /// Its id.
     pub id: Id,
-    /// The address its announcements come from.
+    /// Its best address (the first of `addrs`).
     pub ip: IpAddr,
+    /// Every address it was heard and proven at, best first (a peer on
+    /// several networks is one entry with several addresses; the order is
+    /// stable), then addresses an external source published.
+    pub addrs: Vec<Address>,
+    /// Where it was learned: the LAN, etcd, or both.
+    pub learned: Learned,
     /// What it carries: its service port(s) or your custom message.
     pub msg: M,
     /// Its incarnation: larger after each restart.
@@ -30,6 +81,16 @@ pub struct Entry<M> {
     /// time), if it sent one. The pid names a process on this host only when
     /// the boot id and pid namespace match this process's own.
     pub process: Option<ProcessTag>,
+}
+
+impl<M> Entry<M> {
+    /// Its best address, scope included.
+    pub fn best(&self) -> Address {
+        self.addrs.first().copied().unwrap_or(Address {
+            ip: self.ip,
+            scope_id: 0,
+        })
+    }
 }
 
 /// A change to the chart. Received through

@@ -26,7 +26,7 @@ mod event;
 mod notify;
 mod ports;
 
-pub use event::{EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Subscription};
+pub use event::{Address, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Subscription};
 pub use notify::Notify;
 pub use ports::{Message, Ports};
 
@@ -34,9 +34,10 @@ pub(crate) use control::Requests;
 pub(crate) use ports::{encode_payload, payload_decodes};
 
 use crate::error::PayloadError;
-use crate::protocol::{Change, PeerInfo, Schedule};
+use crate::protocol::{Change, Limits, PeerInfo, Schedule};
 use crate::status::{Stats, Status};
 use crate::wire::Id;
+use crate::wire::seal::KeyRing;
 use control::Control;
 
 /// Settings fixed at build time.
@@ -52,12 +53,14 @@ pub(crate) struct Settings {
     pub(crate) multicast_ttl: u32,
     pub(crate) schedule: Schedule,
     pub(crate) seed: u64,
+    pub(crate) limits: Limits,
 }
 
 struct View<M> {
     entries: BTreeMap<Id, Entry<M>>,
     our_msg: M,
     our_payload: Vec<u8>,
+    keys: Option<KeyRing>,
     control: Control,
 }
 
@@ -108,7 +111,12 @@ impl<M> std::fmt::Debug for Chart<M> {
 }
 
 impl<M: Message> Chart<M> {
-    pub(crate) fn new(settings: Settings, our_msg: M, our_payload: Vec<u8>) -> Self {
+    pub(crate) fn new(
+        settings: Settings,
+        our_msg: M,
+        our_payload: Vec<u8>,
+        keys: Option<KeyRing>,
+    ) -> Self {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Chart {
             shared: Arc::new(Shared {
@@ -117,6 +125,7 @@ impl<M: Message> Chart<M> {
                     entries: BTreeMap::new(),
                     our_msg,
                     our_payload,
+                    keys,
                     control: Control::default(),
                 }),
                 events,
@@ -211,6 +220,36 @@ impl<M: Message> Chart<M> {
             self.shared.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Replaces the chart's secret while discovery runs, for rotating keys
+    /// without a restart: packets are sealed with `current` from now on, and
+    /// opened with `current` or `next`.
+    ///
+    /// Rotate without a gap in three steps, each rolled out to every
+    /// instance before the next: `(old, Some(new))`, then `(new, Some(old))`,
+    /// then `(new, None)`.
+    ///
+    /// # Errors
+    /// [`BuildError::WeakSecret`](crate::BuildError::WeakSecret) for a
+    /// secret shorter than 16 bytes; nothing changes then.
+    pub fn set_secret(
+        &self,
+        current: impl AsRef<[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<(), crate::BuildError> {
+        let keys = crate::builder::key_ring(current.as_ref(), next)?;
+        let mut view = self.view();
+        view.keys = Some(keys.clone());
+        if view.control.keys(Some(keys)) {
+            drop(view);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn keys(&self) -> Option<KeyRing> {
+        self.view().keys.clone()
     }
 
     /// Counters: what the protocol received, dropped (by reason) and
@@ -372,6 +411,8 @@ impl<M: Message> Chart<M> {
         Some(Entry {
             id: info.id,
             ip: info.ip,
+            addrs: info.addrs.iter().map(|a| Address::from(*a)).collect(),
+            learned: info.learned,
             msg,
             incarnation: info.incarnation,
             process: info.process,

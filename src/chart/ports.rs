@@ -81,23 +81,35 @@ pub(crate) fn encode_payload<M: Serialize>(
     msg: &M,
 ) -> Result<Vec<u8>, PayloadError> {
     let payload = postcard::to_allocvec(msg).map_err(PayloadError::Encode)?;
-    let size = wire::encode(&wire::Packet {
+    // The largest announcement it can ride in: every optional field set,
+    // sealed, with the largest filter of known ids.
+    let packet = wire::Packet {
         namespace,
         sender: u64::MAX,
         incarnation: u64::MAX,
-        kind: wire::Kind::Announce,
-        want_reply: true,
+        seq: u64::MAX,
+        sent_ms: u64::MAX,
         reply_port: u16::MAX,
-        ttl_ms: u32::MAX,
-        process: Some(wire::ProcessTag {
-            boot_id: [0xff; 16],
-            pid_namespace: u64::MAX,
-            pid: u32::MAX,
-            start_time: u64::MAX,
-        }),
-        payload: &payload,
-    })
-    .len();
+        cookie: Some([0xff; 8]),
+        echo: Some([0xff; 8]),
+        message: wire::Message::Announce {
+            info: wire::Info {
+                ttl_ms: u32::MAX,
+                process: Some(wire::ProcessTag {
+                    boot_id: [0xff; 16],
+                    pid_namespace: u64::MAX,
+                    pid: u32::MAX,
+                    start_time: u64::MAX,
+                }),
+                commitment: [0xff; 16],
+                payload: &payload,
+            },
+            want_reply: true,
+            known: &[0xff; crate::protocol::MAX_FILTER],
+        },
+        pad: &[],
+    };
+    let size = wire::body_len(&packet) + wire::seal::SEALED_OVERHEAD;
     if size > wire::MAX_DATAGRAM {
         return Err(PayloadError::TooLarge { size });
     }
@@ -144,12 +156,12 @@ impl Chart<u16> {
     /// # Ok(()) }
     /// ```
     pub fn addr_vec(&self) -> Vec<(Id, SocketAddr)> {
-        self.collect(|e| (e.id, SocketAddr::new(e.ip, e.msg)))
+        self.collect(|e| (e.id, e.best().with_port(e.msg)))
     }
 
     /// The service address of instance `id`, if known.
     pub fn get_addr(&self, id: Id) -> Option<SocketAddr> {
-        self.find(id, |e| SocketAddr::new(e.ip, e.msg))
+        self.find(id, |e| e.best().with_port(e.msg))
     }
 }
 
@@ -172,7 +184,7 @@ impl<const N: usize> Chart<Ports<N>> {
     /// the ports were given to
     /// [`with_service_ports`](crate::ChartBuilder::with_service_ports).
     pub fn addr_lists_vec(&self) -> Vec<(Id, [SocketAddr; N])> {
-        self.collect(|e| (e.id, e.msg.0.map(|port| SocketAddr::new(e.ip, port))))
+        self.collect(|e| (e.id, e.msg.0.map(|port| e.best().with_port(port))))
     }
 
     /// Every other instance's address for port number `IDX`. An `IDX` out of
@@ -186,18 +198,18 @@ impl<const N: usize> Chart<Ports<N>> {
     /// ```
     pub fn nth_addr_vec<const IDX: usize>(&self) -> Vec<(Id, SocketAddr)> {
         const { assert!(IDX < N, "port index out of range for this chart") };
-        self.collect(|e| (e.id, SocketAddr::new(e.ip, e.msg.0[IDX])))
+        self.collect(|e| (e.id, e.best().with_port(e.msg.0[IDX])))
     }
 
     /// The service addresses of instance `id`, if known.
     pub fn get_addr_list(&self, id: Id) -> Option<[SocketAddr; N]> {
-        self.find(id, |e| e.msg.0.map(|port| SocketAddr::new(e.ip, port)))
+        self.find(id, |e| e.msg.0.map(|port| e.best().with_port(port)))
     }
 
     /// Instance `id`'s address for port number `IDX`, if known. An `IDX` out
     /// of range is a compile error.
     pub fn get_nth_addr<const IDX: usize>(&self, id: Id) -> Option<SocketAddr> {
         const { assert!(IDX < N, "port index out of range for this chart") };
-        self.find(id, |e| SocketAddr::new(e.ip, e.msg.0[IDX]))
+        self.find(id, |e| e.best().with_port(e.msg.0[IDX]))
     }
 }

@@ -19,6 +19,11 @@ fn info(id: Id, payload: Vec<u8>) -> PeerInfo {
         id,
         incarnation: 1,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        addrs: vec![(Ipv4Addr::LOCALHOST, 4000).into()],
+        learned: crate::Learned {
+            lan: true,
+            etcd: false,
+        },
         payload,
         process: None,
     }
@@ -136,7 +141,7 @@ fn a_shutdown_while_nothing_runs_does_not_reach_the_next_run() {
     chart.shutdown();
     let _ = chart.set_msg(7);
     let run = chart.begin_run().unwrap();
-    assert_eq!(chart.take_requests(), Requests::default());
+    assert!(chart.take_requests().is_empty());
     assert_eq!(chart.our_msg(), 7, "the new message is kept for the run");
     drop(run);
 }

@@ -39,9 +39,15 @@ use super::socket;
 use crate::chart::{Chart, Message, RunGuard, payload_decodes};
 use crate::error::DiscoveryError;
 use crate::host::{self, Watch};
-use crate::protocol::{Change, Config, Destination, Mode, Output, Protocol};
+use crate::protocol::{Change, ClockAnchor, Config, Destination, Mode, Output, Protocol};
 use crate::status::{IoStats, Problem, Stats};
 use crate::wire::{Id, MAX_DATAGRAM, ProcessTag};
+
+/// The most same-host peer processes watched at once; peers beyond it are
+/// covered by their TTL like remote ones. Only peers that proved their
+/// address are watched at all, so a forger cannot make this instance open
+/// pidfds by copying process tags.
+pub(crate) const MAX_WATCHES: usize = 256;
 
 /// First and longest wait between attempts to join the group.
 const JOIN_RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -97,6 +103,9 @@ impl<M: Message> Driver<M> {
             })?
             .port();
         let process = host::this_process();
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(DiscoveryError::Random)?;
+        let now = Instant::now();
         let config = Config {
             id: settings.id,
             incarnation: settings.incarnation,
@@ -104,10 +113,17 @@ impl<M: Message> Driver<M> {
             payload: chart.our_payload(),
             schedule: settings.schedule,
             seed: settings.seed,
+            secret,
+            keys: chart.keys(),
+            clock: Some(ClockAnchor {
+                at: now.into_std(),
+                unix_ms: unix_ms(),
+            }),
             mode,
             reply_port,
             process,
             accept_payload: payload_decodes::<M>,
+            limits: settings.limits,
         };
         // The builder checked everything a `Config` is checked for.
         let protocol =
@@ -195,6 +211,8 @@ impl<M: Message> Driver<M> {
                         self.try_join(now);
                     }
                     self.protocol.handle_timeout(now.into_std());
+                    // Give back memory a flood or a mass departure left.
+                    self.protocol.shrink();
                     continue;
                 }
             };
@@ -240,6 +258,9 @@ impl<M: Message> Driver<M> {
         }
         if let Some(payload) = requests.payload {
             self.protocol.set_payload(now, payload);
+        }
+        if let Some(keys) = requests.keys {
+            self.protocol.set_keys(keys);
         }
         if requests.shutdown {
             self.protocol.close();
@@ -378,6 +399,13 @@ impl<M: Message> Driver<M> {
                     return;
                 }
                 self.unwatch(id);
+                if self.watched.len() >= MAX_WATCHES {
+                    tracing::debug!(
+                        id,
+                        "not watching a same-host peer's process: too many watched"
+                    );
+                    return;
+                }
                 let abort = self
                     .watches
                     .spawn(async move { (id, incarnation, host::exited(theirs).await) });
@@ -456,6 +484,13 @@ impl<M: Message> Driver<M> {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -472,7 +507,7 @@ impl<M: Message> Drop for Driver<M> {
         if self.said_goodbye {
             return;
         }
-        let Some(bye) = self.protocol.goodbye_datagram() else {
+        let Some(bye) = self.protocol.goodbye_datagram(Instant::now().into_std()) else {
             return;
         };
         let interfaces: Vec<Option<Ipv4Addr>> = if self.interfaces.len() <= 1 {

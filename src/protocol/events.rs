@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::source::Learned;
 use crate::wire::{DecodeError, Id, ProcessTag};
 
 /// Why a peer left the membership (and the chart).
@@ -50,8 +51,14 @@ pub struct PeerInfo {
     pub id: Id,
     /// Its incarnation (larger after a restart).
     pub incarnation: u64,
-    /// The address its packets come from.
+    /// Its best address: the first of `addrs`.
     pub ip: IpAddr,
+    /// Every address it was heard and proven at (its unicast socket's, with
+    /// the IPv6 scope), best first, then addresses an external source
+    /// published (port 0). The order is stable: a new address is appended.
+    pub addrs: Vec<SocketAddr>,
+    /// Where it was learned.
+    pub learned: Learned,
     /// Its payload, encoded by the chart layer; it passed
     /// [`Config::accept_payload`](super::Config::accept_payload).
     pub payload: Vec<u8>,
@@ -117,6 +124,50 @@ pub enum Rejected {
     #[error("peer {id}'s payload does not decode as this chart's message type")]
     UndecodablePayload {
         /// The peer.
+        id: Id,
+    },
+    /// A sealed packet already delivered (a replay), or too far behind.
+    #[error("sealed packet from {id} was delivered already")]
+    Replayed {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// A sealed packet whose clock is outside the replay window.
+    #[error("sealed packet from {id} is older or newer than the replay window")]
+    StaleClock {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// An incarnation further in the future than any clock skew explains.
+    #[error("incarnation of {id} lies in the future")]
+    FutureIncarnation {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// A goodbye without the secret of the incarnation it names.
+    #[error("goodbye for {id} without its incarnation's secret")]
+    UnprovenGoodbye {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// The peer table is full.
+    #[error("peer table full; {id} not added")]
+    PeerCap {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// The source address already holds its share of the peer table.
+    #[error("too many peers at one address; {id} not added")]
+    AddressCap {
+        /// The claimed sender.
+        id: Id,
+    },
+    /// Another address claims a live peer's id, and the peer still answers
+    /// at its own address: not a restart, a conflict (or a takeover
+    /// attempt). The peer stays.
+    #[error("another address claims live peer {id}")]
+    Contested {
+        /// The contested id.
         id: Id,
     },
 }

@@ -55,63 +55,115 @@
 //!
 //! # The rules
 //!
-//! - A newcomer announces at once, asking for replies (`want_reply`) on its
-//!   first [`Schedule::eager_announcements`] announcements.
-//! - Whoever hears an announcement that asks for a reply, or one from a sender
-//!   it did not know, answers with a unicast [`Kind::Reply`] to the sender's
-//!   own reply port. So a newcomer learns every peer within one round trip,
-//!   and any pair in which one side missed the other's announcement is mended
-//!   by the next announcement either of them hears.
-//! - Announcements repeat: the first gap is [`Schedule::first_interval`],
-//!   each following gap doubles up to [`Schedule::max_interval`], and every
-//!   gap is jittered by ±20% so instances that started together drift apart.
-//!   A payload change is announced at once and restarts the doubling.
-//! - Every packet carries the sender's TTL. A peer not heard from for 90% of
-//!   its TTL is probed [`PROBES`] times over the last tenth; only a peer
-//!   silent for its whole TTL *and* a whole probe window is evicted
-//!   ([`LeftReason::Expired`]). See `liveness` for why the second condition
-//!   protects live peers after a stall of our own.
-//! - A goodbye removes the peer at once ([`LeftReason::Goodbye`]); so does
-//!   [`Protocol::handle_process_exit`] ([`LeftReason::Died`]) and
-//!   [`Protocol::forget`] ([`LeftReason::Forgotten`]).
-//! - A restarted instance carries a larger incarnation: it replaces its old
-//!   entry at once, and late packets from the old incarnation are ignored.
-//!   If packets from the older incarnation keep coming from another address
-//!   after [`CONFLICT_GRACE`], two live instances claim one id: that is an
-//!   [`Change::Conflict`]. A packet with our own id but not our incarnation is
-//!   one too.
-//! - A peer whose payload [`Config::accept_payload`] refuses never joins.
-//! - A sniffer ([`Mode::Sniff`]) never announces; it multicasts
-//!   [`Kind::Query`] on the eager schedule and every announcing instance
-//!   answers it with a unicast reply. A querier is never added to a chart.
+//! **Meeting.** A newcomer announces at once, asking for replies
+//! (`want_reply`) on its first [`Schedule::eager_announcements`]
+//! announcements. Without a key (open packets), nobody is believed before it
+//! proves it receives at the address it claims: whoever hears an unknown
+//! sender answers with a small [`Message::Query`] carrying a cookie, never
+//! larger than what it received; the sender echoes the cookie (and sends a
+//! cookie of its own); the first side then knows the second is real, lists
+//! it, and answers in full with the echo of the second cookie, twice, a
+//! little apart. Three datagrams per pair (four with the copy), and a
+//! forged source address gets nowhere: the forger never sees the cookie.
+//! With a key (sealed packets, [`Config::keys`]), a packet that opens is
+//! believed at once and a newcomer meets each peer with one reply. Answers
+//! to a newcomer are paced over [`PACING_PER_PEER`] times the group size (at
+//! most [`MAX_PACING`]), so its receive buffer keeps up.
+//!
+//! **Settling.** The announcements after the first, up to four after the
+//! eager ones, carry the ids already heard (see `filter`): those peers
+//! stay quiet, the others answer even if not asked, so a handshake that lost
+//! a datagram is retried at the next announcement of either side.
+//!
+//! **Announcing.** The first gap is [`Schedule::first_interval`], each
+//! following gap doubles up to [`Schedule::max_interval`] (stretched in
+//! proportion to the group beyond [`SCALE_FROM`] instances, the TTL with it),
+//! and every gap is jittered by ±20%. A payload change is announced at once
+//! and restarts the doubling.
+//!
+//! **Liveness.** Every packet carries the sender's TTL (clamped to
+//! [`Limits::max_peer_ttl`]). A peer not heard from for 90% of its TTL is
+//! probed [`PROBES`] times over the last tenth, each probe a cookie its
+//! answer must echo; only a peer silent for its whole TTL *and* a whole probe
+//! window is evicted ([`LeftReason::Expired`]). A proven goodbye removes the
+//! peer at once ([`LeftReason::Goodbye`]): it carries the secret whose hash
+//! the incarnation announced, so nobody else can say it.
+//! [`Protocol::handle_process_exit`] ([`LeftReason::Died`]) and
+//! [`Protocol::forget`] ([`LeftReason::Forgotten`]) remove peers too.
+//!
+//! **Restarts, moves and takeovers.** A larger incarnation from a proven
+//! address of the peer replaces it at once. From another address, the known
+//! address is probed first, and only if it stays silent (a restart on a new
+//! port) does the claimant take over; while it answers, the claim is a
+//! conflict ([`Change::Conflict`], at most once per [`CONFLICT_EVERY`]) and
+//! is refused. A peer heard on several networks is one entry with several
+//! addresses, in the order they were proven.
+//!
+//! **Bounds.** Everything a sender can make this machine hold or send has a
+//! limit ([`Limits`]): peers, peers per source address, unproven claims,
+//! answers to unproven addresses per address and in total, paced answers.
+//! Every datagram dropped is counted by reason in [`Stats`].
+//!
+//! A sniffer ([`Mode::Sniff`]) never announces; it multicasts
+//! [`Message::Query`] on the eager schedule, proves its address when
+//! challenged, and every announcing instance answers it in full. A querier
+//! is never added to a chart.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod announcer;
 mod config;
+mod dispatch;
 mod events;
+mod filter;
 mod liveness;
 mod membership;
 mod output;
 mod peers;
+mod replay;
 mod schedule;
 mod stats;
+mod validation;
 
-use announcer::{Announcer, Ours, Said};
+use announcer::{Announcer, Build, Ours, Said};
 use membership::Membership;
 use output::Outbox;
+use replay::ReplayGuard;
+use validation::{Limiter, Pending, Validator};
 
-pub use config::{Config, ConfigError, Mode};
+pub use announcer::SCALE_FROM;
+pub use config::{ClockAnchor, Config, ConfigError, Limits, Mode};
 pub use events::{Change, LeftReason, PeerInfo, Rejected};
+pub use filter::MAX_FILTER;
 pub use liveness::PROBES;
-pub use membership::{CONFLICT_GRACE, MIN_TTL};
+pub use membership::{CONFLICT_EVERY, CONFLICT_GRACE, CONTEST_STEP, MIN_TTL};
 pub use output::{Destination, Output, Transmit};
-pub use peers::Peer;
+pub use peers::{MAX_ADDRS, Peer, PeerAddr};
+pub use replay::REPLAY_WINDOW;
 pub use schedule::{MAX_WIRE_TTL, MIN_INTERVAL, Schedule};
 pub use stats::Stats;
 
-use crate::wire::{self, Id, Kind, MAX_DATAGRAM, MAX_NAMESPACE};
+use crate::wire::seal::KeyRing;
+use crate::wire::{Id, MAX_DATAGRAM, MAX_NAMESPACE};
+
+/// The longest spread of paced answers to one newcomer.
+pub const MAX_PACING: Duration = Duration::from_millis(50);
+
+/// Spread of paced answers per known instance: a newcomer to n instances
+/// gets their answers over `n * PACING_PER_PEER` (at most [`MAX_PACING`]),
+/// not all in the same millisecond, so its receive buffer keeps up.
+pub const PACING_PER_PEER: Duration = Duration::from_micros(20);
+
+/// How far in the future an incarnation may lie (clock skew between
+/// hosts); beyond it, it is refused.
+pub const MAX_FUTURE_INCARNATION: Duration = Duration::from_secs(3600);
+
+/// When the second copy of a handshake's last datagram goes.
+const FINAL_AGAIN: Duration = Duration::from_millis(20);
+
+/// A sniffer's multicast query is padded to this many bytes, so that the
+/// cookie each instance answers with fits in what it received.
+const QUERY_PAD: usize = 160;
 
 /// The discovery state machine of one instance. See the module docs.
 #[derive(Debug)]
@@ -120,7 +172,14 @@ pub struct Protocol {
     ours: Ours,
     announcer: Announcer,
     members: Membership,
+    validator: Validator,
+    pending: Pending,
+    limiter: Limiter,
+    replay: ReplayGuard,
+    clock: Option<ClockAnchor>,
     out: Outbox,
+    /// Reused for opening sealed packets: no allocation per datagram.
+    scratch: Vec<u8>,
     closed: bool,
 }
 
@@ -129,13 +188,27 @@ impl Protocol {
     /// (or query) is queued at once, so poll right after.
     ///
     /// # Errors
-    /// [`ConfigError`] if the schedule, namespace or payload cannot work.
+    /// [`ConfigError`] if the schedule, namespace, payload or limits cannot
+    /// work.
     pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
         config.schedule.validate().map_err(ConfigError::Schedule)?;
         if config.namespace.len() > MAX_NAMESPACE {
             return Err(ConfigError::NamespaceTooLong {
                 len: config.namespace.len(),
             });
+        }
+        let l = &config.limits;
+        if [
+            l.max_peers,
+            l.max_peers_per_ip,
+            l.max_pending,
+            l.max_tracked_sources,
+        ]
+        .contains(&0)
+            || l.unproven_answers_per_ip.1 == 0
+            || l.unproven_answers_total.1 == 0
+        {
+            return Err(ConfigError::ZeroLimit);
         }
         let mut ours = Ours::new(
             config.id,
@@ -145,16 +218,33 @@ impl Protocol {
             config.reply_port,
             config.schedule.ttl,
             config.process,
+            &config.secret,
+            config.keys,
         );
-        let size = ours.packet(Said::AnnounceEager).len();
+        let size = ours
+            .packet(0, Build::plain(Said::Announce { want_reply: true }))
+            .len()
+            + MAX_FILTER;
         if size > MAX_DATAGRAM {
             return Err(ConfigError::PayloadTooLarge { size });
         }
+        let limits = config.limits;
         let mut protocol = Protocol {
             mode: config.mode,
             announcer: Announcer::new(config.mode, config.schedule, config.seed, now),
-            members: Membership::new(config.accept_payload),
+            members: Membership::new(config.accept_payload, limits),
+            validator: Validator::new(&config.secret, now),
+            pending: Pending::new(limits.max_pending),
+            limiter: Limiter::new(
+                limits.unproven_answers_per_ip,
+                limits.unproven_answers_total,
+                limits.max_tracked_sources,
+                now,
+            ),
+            replay: ReplayGuard::new(limits.max_peers.saturating_mul(2)),
+            clock: config.clock,
             out: Outbox::default(),
+            scratch: Vec::new(),
             ours,
             closed: false,
         };
@@ -182,9 +272,20 @@ impl Protocol {
         self.members.peers.len()
     }
 
+    /// How many unproven claims wait for their senders to echo a cookie.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Counters of what was handled so far.
     pub fn stats(&self) -> &Stats {
         &self.out.stats
+    }
+
+    /// The TTL we currently announce (it grows with the group; see
+    /// [`SCALE_FROM`]).
+    pub fn announced_ttl(&self) -> Duration {
+        self.ours.ttl()
     }
 
     /// The next thing to do; see the module docs for the poll order. Returns
@@ -199,13 +300,25 @@ impl Protocol {
         if self.closed {
             return None;
         }
-        match (
+        [
             self.announcer.deadline(),
             self.members.peers.next_deadline(),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            self.out.next_delayed(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn wall_ms(&self, now: Instant) -> Option<u64> {
+        self.clock.map(|c| {
+            let since = now.saturating_duration_since(c.at).as_millis() as u64;
+            c.unix_ms.saturating_add(since)
+        })
+    }
+
+    fn group_size(&self) -> usize {
+        self.members.peers.len() + 1
     }
 
     /// Handles the timer set from [`Output::Timeout`]. Calling it early or
@@ -214,86 +327,56 @@ impl Protocol {
         if self.closed {
             return;
         }
-        self.announcer
-            .on_timeout(now, &mut self.ours, &mut self.out);
-        let ours = &mut self.ours;
-        self.members.on_timeout(now, &mut self.out, |addr, out| {
-            out.stats.probes_sent += 1;
-            out.send(Destination::Unicast(addr), ours.packet(Said::Probe));
-        });
+        self.out.release(now);
+        let n = self.group_size();
+        let (_, ttl) = self.announcer.scaled(n);
+        self.ours.set_ttl(ttl);
+        let (first, settling) = (self.announcer.first(), self.announcer.settling());
+        if let Some(said) = self.announcer.due(now, n) {
+            self.announce(now, said, !first && settling);
+        }
+        let wall = self.wall_ms(now).unwrap_or(0);
+        let (ours, validator) = (&mut self.ours, &self.validator);
+        self.members
+            .on_timeout(now, &mut self.out, |id, addr, out| {
+                let cookie = validator.cookie(now, addr, id);
+                let probe = ours.packet(
+                    wall,
+                    Build {
+                        cookie: Some(cookie),
+                        ..Build::plain(Said::Query { want_reply: true })
+                    },
+                );
+                out.send(Destination::Unicast(addr), probe);
+            });
     }
 
-    /// Handles one datagram that arrived from `source`.
-    ///
-    /// # Errors
-    /// [`Rejected`] says why a datagram was ignored, for logs; it is already
-    /// counted in [`Stats`].
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        datagram: &[u8],
-    ) -> Result<(), Rejected> {
-        self.out.stats.datagrams_received += 1;
-        self.out.stats.bytes_received += datagram.len() as u64;
-        let result = if self.closed {
-            Ok(())
-        } else {
-            self.dispatch(now, source, datagram)
+    /// Sends a scheduled announcement (or a sniffer's query). While
+    /// settling, announcements after the first carry the ids already heard:
+    /// those need not answer again, and the others answer even an
+    /// announcement that does not ask.
+    fn announce(&mut self, now: Instant, said: Said, with_filter: bool) {
+        let wall = self.wall_ms(now).unwrap_or(0);
+        let known = match said {
+            Said::Announce { .. } if with_filter => {
+                let ids = self.members.peers.iter().map(|(id, _)| id);
+                filter::build(ids, self.members.peers.len())
+            }
+            _ => Vec::new(),
         };
-        if let Err(rejected) = &result {
-            self.out.rejected(rejected);
-        }
-        result
-    }
-
-    fn dispatch(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        datagram: &[u8],
-    ) -> Result<(), Rejected> {
-        let packet = wire::decode(datagram)?;
-        if packet.namespace != self.ours.namespace {
-            return Err(Rejected::ForeignNamespace);
-        }
-        let reply_addr = SocketAddr::new(source.ip(), packet.reply_port);
-        if packet.sender == self.ours.id {
-            if packet.incarnation == self.ours.incarnation {
-                return Ok(()); // our own multicast, looped back
-            }
-            self.members
-                .conflict(packet.sender, reply_addr, &mut self.out);
-            return Err(Rejected::SameIdAsUs { id: packet.sender });
-        }
-        let announcing = self.mode == Mode::Announce;
-        match packet.kind {
-            Kind::Announce => {
-                let joined = self
-                    .members
-                    .upsert(now, reply_addr, &packet, &mut self.out)?;
-                if announcing && (packet.want_reply || joined) {
-                    self.reply_to(reply_addr);
-                }
-            }
-            Kind::Reply => {
-                self.members
-                    .upsert(now, reply_addr, &packet, &mut self.out)?;
-            }
-            Kind::Query => {
-                self.members.queried_by(now, reply_addr, &packet);
-                if announcing {
-                    self.reply_to(reply_addr);
-                }
-            }
-            Kind::Goodbye => self.members.goodbye(&packet, &mut self.out)?,
-        }
-        Ok(())
-    }
-
-    fn reply_to(&mut self, addr: SocketAddr) {
-        let reply = self.ours.packet(Said::Reply);
-        self.out.send(Destination::Unicast(addr), reply);
+        let pad_to = match said {
+            Said::Query { .. } if !self.ours.sealed() => QUERY_PAD,
+            _ => 0,
+        };
+        let bytes = self.ours.packet(
+            wall,
+            Build {
+                known: &known,
+                pad_to,
+                ..Build::plain(said)
+            },
+        );
+        self.out.send(Destination::Group, bytes);
     }
 
     /// The network changed for the better (the group could be joined at
@@ -325,7 +408,16 @@ impl Protocol {
     /// this announcement is lost.
     pub fn set_payload(&mut self, now: Instant, payload: Vec<u8>) {
         self.ours.set_payload(payload);
-        self.announcer.restart(now, &mut self.ours, &mut self.out);
+        if self.announcer.restart(now) {
+            self.announce(now, Said::Announce { want_reply: false }, false);
+        }
+    }
+
+    /// Replaces the keys: from now on packets are sealed with the new
+    /// current key and opened with it or the new next one. Rotating needs
+    /// no restart (see [`KeyRing::with_next`]).
+    pub fn set_keys(&mut self, keys: Option<KeyRing>) {
+        self.ours.set_keys(keys);
     }
 
     /// Drops peer `id` with [`LeftReason::Forgotten`]. If it is still alive,
@@ -342,7 +434,7 @@ impl Protocol {
             return;
         }
         if self.mode == Mode::Announce {
-            let bye = self.ours.packet(Said::Goodbye);
+            let bye = self.ours.packet(0, Build::plain(Said::Goodbye));
             self.out.send(Destination::Group, bye);
         }
         self.announcer.stop();
@@ -352,8 +444,18 @@ impl Protocol {
 
     /// The encoded goodbye packet, for a driver that must say goodbye from
     /// a destructor, where it cannot run the poll loop.
-    pub fn goodbye_datagram(&mut self) -> Option<std::sync::Arc<[u8]>> {
-        (self.mode == Mode::Announce).then(|| self.ours.packet(Said::Goodbye))
+    pub fn goodbye_datagram(&mut self, now: Instant) -> Option<std::sync::Arc<[u8]>> {
+        let wall = self.wall_ms(now).unwrap_or(0);
+        (self.mode == Mode::Announce).then(|| self.ours.packet(wall, Build::plain(Said::Goodbye)))
+    }
+
+    /// Gives back memory held for peers and claims after a flood or a mass
+    /// departure. Called by the driver now and then; cheap when nothing
+    /// needs shrinking.
+    pub fn shrink(&mut self) {
+        self.members.peers.shrink();
+        self.pending.shrink();
+        self.limiter.shrink();
     }
 }
 

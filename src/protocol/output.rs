@@ -5,7 +5,8 @@
 //! decided elsewhere. Counting happens here, as things are queued, so every
 //! event and every datagram is counted exactly once.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,10 +47,42 @@ pub enum Output {
     Timeout(Option<Instant>),
 }
 
+/// The most paced transmits waiting at once; answers beyond it are dropped
+/// (and counted), which only happens when far more newcomers ask at once
+/// than any LAN has.
+pub(crate) const MAX_DELAYED: usize = 16_384;
+
+/// A transmit held back until its time (paced answers).
+#[derive(Debug)]
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    transmit: Transmit,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 /// Transmits and events waiting to be polled, and the counters they feed.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     transmits: VecDeque<Transmit>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    delayed_seq: u64,
     events: VecDeque<Change>,
     pub(crate) stats: Stats,
 }
@@ -62,6 +95,39 @@ impl Outbox {
             destination,
             contents,
         });
+    }
+
+    /// Queues a transmit for `at` (now or later).
+    pub(crate) fn send_at(&mut self, at: Instant, destination: Destination, contents: Arc<[u8]>) {
+        if self.delayed.len() >= MAX_DELAYED {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        self.delayed_seq += 1;
+        self.delayed.push(Reverse(Delayed {
+            at,
+            seq: self.delayed_seq,
+            transmit: Transmit {
+                destination,
+                contents,
+            },
+        }));
+    }
+
+    /// Moves every held-back transmit whose time has come to the queue.
+    pub(crate) fn release(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
+            let Reverse(d) = self.delayed.pop().expect("peeked");
+            self.send(d.transmit.destination, d.transmit.contents);
+        }
+        if self.delayed.is_empty() && self.delayed.capacity() > 1024 {
+            self.delayed.shrink_to_fit();
+        }
+    }
+
+    /// When the next held-back transmit is due.
+    pub(crate) fn next_delayed(&self) -> Option<Instant> {
+        self.delayed.peek().map(|Reverse(d)| d.at)
     }
 
     pub(crate) fn event(&mut self, event: Change) {
