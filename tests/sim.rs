@@ -435,7 +435,7 @@ fn a_goodbye_is_seen_by_everyone_within_one_hop() {
     }
     sim.run_until(Duration::from_secs(30));
     let closed_at = sim.now;
-    sim.instances[5].as_mut().unwrap().close();
+    sim.instances[5].as_mut().unwrap().close(sim.base + sim.now);
     sim.flush(5);
     sim.run_until(closed_at + Duration::from_millis(1));
     let departures = sim.departures_of(5);

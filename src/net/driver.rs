@@ -263,7 +263,7 @@ impl<M: Message> Driver<M> {
             self.protocol.set_keys(keys);
         }
         if requests.shutdown {
-            self.protocol.close();
+            self.protocol.close(now);
         }
         requests.shutdown
     }

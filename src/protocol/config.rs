@@ -34,8 +34,13 @@ pub struct ClockAnchor {
 ///
 /// The defaults fit any real LAN and keep an instance under a few megabytes
 /// whatever arrives (the README states the bound and how it was measured).
+///
+/// ```
+/// use cohort::protocol::Limits;
+/// let small = Limits { max_peers: 64, ..Limits::default() };
+/// # let _ = small;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Peers held at most. Claims beyond it are dropped and counted.
     pub max_peers: usize,
@@ -49,7 +54,12 @@ pub struct Limits {
     /// 127.0.0.0/8 or ::1 cannot arrive from outside the host), but count
     /// toward the total.
     pub unproven_answers_per_ip: (u32, u32),
-    /// Answers per second, and burst, to all unproven addresses together.
+    /// Answers per second, and burst, to all unproven addresses together: a
+    /// cap on this instance's own upstream under a flood of forged sources.
+    /// Each answer is already no larger than the datagram it answers, so a
+    /// flood costs the attacker as much as it costs us; set it low only
+    /// where upstream bandwidth is precious, as it also delays newcomers
+    /// during a flood.
     pub unproven_answers_total: (u32, u32),
     /// Source addresses tracked for rate limiting at most.
     pub max_tracked_sources: usize,
@@ -64,7 +74,7 @@ impl Default for Limits {
             max_peers_per_ip: 256,
             max_pending: 1024,
             unproven_answers_per_ip: (64, 256),
-            unproven_answers_total: (1000, 2000),
+            unproven_answers_total: (100_000, 100_000),
             max_tracked_sources: 4096,
             max_peer_ttl: Duration::from_secs(3600),
         }

@@ -22,6 +22,10 @@ use super::{
 use crate::source::SourceEvent;
 use crate::wire::{self, Frame, Id, Message, Packet};
 
+/// Padding added to a challenge so that the answer it asks for (one echo
+/// larger) fits in it.
+const CHALLENGE_ROOM: usize = 24;
+
 impl Protocol {
     /// Handles one datagram that arrived from `source`.
     ///
@@ -338,15 +342,24 @@ impl Protocol {
         }
         let cookie = self.validator.cookie(now, to, id);
         let wall = self.wall_ms(now).unwrap_or(0);
-        let bytes = self.ours.packet(
-            wall,
-            Build {
-                cookie: Some(cookie),
-                echo,
-                pad_to: len,
-                ..Build::plain(Said::Query { want_reply: true })
-            },
-        );
+        let build = Build {
+            cookie: Some(cookie),
+            echo,
+            ..Build::plain(Said::Query { want_reply: true })
+        };
+        let mut bytes = self.ours.packet(wall, build);
+        // Room for the answer (our packet plus one echo, with slack), so the
+        // sender's answer fits its own rule; never beyond what arrived.
+        let room = (bytes.len() + CHALLENGE_ROOM).min(len);
+        if room > bytes.len() {
+            bytes = self.ours.packet(
+                wall,
+                Build {
+                    pad_to: room,
+                    ..build
+                },
+            );
+        }
         if bytes.len() > len {
             self.out.stats.dropped_too_large_to_answer += 1;
             return;

@@ -429,12 +429,13 @@ impl Protocol {
     /// Says goodbye (when announcing) and stops: every known peer leaves the
     /// view ([`LeftReason::Stopped`]), no more timers, and later datagrams
     /// are counted but ignored.
-    pub fn close(&mut self) {
+    pub fn close(&mut self, now: Instant) {
         if self.closed {
             return;
         }
         if self.mode == Mode::Announce {
-            let bye = self.ours.packet(0, Build::plain(Said::Goodbye));
+            let wall = self.wall_ms(now).unwrap_or(0);
+            let bye = self.ours.packet(wall, Build::plain(Said::Goodbye));
             self.out.send(Destination::Group, bye);
         }
         self.announcer.stop();

@@ -335,7 +335,7 @@ fn a_goodbye_with_its_secret_removes_the_peer_and_a_forged_one_does_not() {
         Err(Rejected::UnprovenGoodbye { id: 2 })
     );
     assert_eq!(net.nodes[a].0.peer_count(), 1);
-    net.nodes[b].0.close();
+    net.nodes[b].0.close(net.now);
     net.flush(b);
     net.run(Duration::from_millis(1));
     assert_eq!(net.nodes[a].0.peer_count(), 0);

@@ -217,7 +217,11 @@ impl Limiter {
             self.per_ip
                 .retain(|_, b| now.saturating_duration_since(b.at) < refill);
             if self.per_ip.len() >= self.cap {
-                return false;
+                // A flood from ever new (forged) sources: start over rather
+                // than refuse the next real newcomer. A source forgotten
+                // this way gets one more burst, each answer still no larger
+                // than what it answers.
+                self.per_ip.clear();
             }
         }
         let rate = self.rate;
