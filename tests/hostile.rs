@@ -581,3 +581,24 @@ fn sealed_instances_with_another_key_or_none_never_meet_and_a_replay_is_dropped(
     other.keys = Some(a);
     let _ = other;
 }
+
+/// Replaying a live peer's own queries from its own address (which a LAN
+/// host can do without a key) gets that peer full answers, but at a bounded
+/// rate: it cannot be used to aim a stream of replies at the peer.
+#[test]
+fn replays_of_a_live_peers_queries_are_answered_at_a_bounded_rate() {
+    let mut lan = Lan::new(2, None);
+    let query = wire::encode(&forged(2, 1_000, Message::Query { want_reply: true }));
+    lan.bytes_to.clear();
+    for _ in 0..10_000 {
+        lan.inject(Some(0), addr(1), &query);
+    }
+    lan.run(Duration::from_millis(1));
+    let answers = lan.bytes_to.get(&addr(1).ip()).copied().unwrap_or(0);
+    let reply_len = 60; // about one reply
+    assert!(
+        answers <= 60 * reply_len,
+        "{answers} bytes of answers to 10,000 replays"
+    );
+    assert!(lan.nodes[0].p.stats().dropped_rate_limited > 9_000);
+}

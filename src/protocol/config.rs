@@ -50,9 +50,8 @@ pub struct Limits {
     /// most; the oldest goes first.
     pub max_pending: usize,
     /// Answers per second, and burst, to one IP address that has not proven
-    /// it receives there. Loopback addresses are exempt (a packet from
-    /// 127.0.0.0/8 or ::1 cannot arrive from outside the host), but count
-    /// toward the total.
+    /// it receives there (on loopback, where a host's instances share one
+    /// IP, to one IP and port).
     pub unproven_answers_per_ip: (u32, u32),
     /// Answers per second, and burst, to all unproven addresses together: a
     /// cap on this instance's own upstream under a flood of forged sources.

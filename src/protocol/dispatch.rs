@@ -22,6 +22,9 @@ use super::{
 use crate::source::SourceEvent;
 use crate::wire::{self, Frame, Id, Message, Packet};
 
+/// Full answers per second, and burst, to one known peer.
+const PEER_ANSWERS: (u32, u32) = (20, 40);
+
 /// Padding added to a challenge so that the answer it asks for (one echo
 /// larger) fits in it.
 const CHALLENGE_ROOM: usize = 24;
@@ -178,6 +181,9 @@ impl Protocol {
                 }
                 match self.mode {
                     Mode::Announce if want_reply && trusted => {
+                        if !self.budget(now, id, from) {
+                            return Ok(());
+                        }
                         self.answer(now, from, Said::Reply, None, cookie, None);
                         if proven && cookie.is_some() {
                             // The last datagram of a handshake, to an address
@@ -233,8 +239,11 @@ impl Protocol {
                         },
                         outcome,
                     ) if announcing => {
-                        let asked = want_reply && !filter::contains(known, self.ours.id);
-                        if asked || outcome == Outcome::Joined {
+                        // Asked by name (want_reply), or by the absence of our
+                        // id from a settling announcement's filter.
+                        let asked = (want_reply || !known.is_empty())
+                            && !filter::contains(known, self.ours.id);
+                        if (asked || outcome == Outcome::Joined) && self.budget(now, id, from) {
                             let pace = self.pacing();
                             self.answer(now, from, Said::Reply, None, cookie, Some(pace));
                         }
@@ -270,6 +279,25 @@ impl Protocol {
             Outcome::Contesting => {}
         }
         Ok(outcome)
+    }
+
+    /// Whether one more full answer may go to a known peer's address: a
+    /// peer's own packets ask for a few a second at most (probes, handshake
+    /// steps), so a replayed stream of them is answered at a bounded rate.
+    /// Addresses that are not a peer's (a sniffer that proved itself) are
+    /// not limited here.
+    fn budget(&mut self, now: Instant, id: Id, from: SocketAddr) -> bool {
+        let allowed = self
+            .members
+            .peers
+            .update(id, |p| {
+                !p.has_addr(from) || p.answers.take(now, PEER_ANSWERS)
+            })
+            .unwrap_or(true);
+        if !allowed {
+            self.out.stats.dropped_rate_limited += 1;
+        }
+        allowed
     }
 
     /// A uniform delay over the group's pacing spread.
@@ -336,7 +364,7 @@ impl Protocol {
             // A sniffer challenges only to answer a challenge.
             return;
         }
-        if !self.limiter.allow(now, to.ip()) {
+        if !self.limiter.allow(now, to) {
             self.out.stats.dropped_rate_limited += 1;
             return;
         }

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::liveness::{Due as LivenessDue, Liveness};
-use super::validation::Claim;
+use super::validation::{Bucket, Claim};
 use crate::wire::{Id, ProcessTag};
 
 /// The most addresses kept for one peer.
@@ -57,7 +57,7 @@ pub(crate) struct Contest {
 }
 
 /// What the state machine knows of one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
     /// The addresses it was heard and proven at on the LAN, best first.
     /// Empty when it is known only through an external source.
@@ -77,6 +77,9 @@ pub struct Peer {
     /// When we last probed its address to learn which incarnation is
     /// really there (rate limit).
     pub(crate) truth_probe: Option<Instant>,
+    /// Full answers it may still ask for (rate limit against replays of its
+    /// packets).
+    pub(crate) answers: Bucket,
     /// Where this peer's deadline is filed, if it has one.
     scheduled: Option<Instant>,
 }
@@ -101,6 +104,7 @@ impl Peer {
             external: None,
             contest: None,
             truth_probe: None,
+            answers: Bucket::full(40, now),
             scheduled: None,
         }
     }

@@ -159,28 +159,31 @@ impl Pending {
 /// (bounded table) and one for all of them.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    per_ip: HashMap<IpAddr, Bucket>,
+    /// By source IP; loopback sources by IP and port (see [`Limiter::allow`]).
+    per_ip: HashMap<SocketAddr, Bucket>,
     total: Bucket,
     rate: (u32, u32),
     total_rate: (u32, u32),
     cap: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn full(burst: u32, now: Instant) -> Self {
+    pub(crate) fn full(burst: u32, now: Instant) -> Self {
         Bucket {
             tokens: f64::from(burst),
             at: now,
         }
     }
 
-    fn take(&mut self, now: Instant, (rate, burst): (u32, u32)) -> bool {
+    /// Takes one token if there is one.
+    pub(crate) fn take(&mut self, now: Instant, (rate, burst): (u32, u32)) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
         self.at = now;
@@ -204,13 +207,19 @@ impl Limiter {
         }
     }
 
-    /// Whether one more answer may go to `ip` now.
-    pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if ip.is_loopback() {
-            // Cannot be forged from outside the host: only the total applies.
-            return self.total.take(now, self.total_rate);
-        }
-        if !self.per_ip.contains_key(&ip) && self.per_ip.len() >= self.cap {
+    /// Whether one more answer may go to `to` now. The limit is per source
+    /// IP address, except on loopback, where every instance of the host
+    /// shares one IP: there it is per IP and port, so a hundred instances
+    /// starting at once on one host are not throttled as one source, while
+    /// one address (a closed port that a local process replays packets of)
+    /// still is.
+    pub(crate) fn allow(&mut self, now: Instant, to: SocketAddr) -> bool {
+        let key = if to.ip().is_loopback() {
+            to
+        } else {
+            SocketAddr::new(to.ip(), 0)
+        };
+        if !self.per_ip.contains_key(&key) && self.per_ip.len() >= self.cap {
             // Forget sources that have been quiet long enough to be full again.
             let refill =
                 Duration::from_secs_f64(f64::from(self.rate.1) / f64::from(self.rate.0.max(1)));
@@ -227,7 +236,7 @@ impl Limiter {
         let rate = self.rate;
         let bucket = self
             .per_ip
-            .entry(ip)
+            .entry(key)
             .or_insert_with(|| Bucket::full(rate.1, now));
         bucket.take(now, rate) && self.total.take(now, self.total_rate)
     }
