@@ -6,7 +6,7 @@
 //! registration (a key under a lease of the chart's TTL, kept alive), the
 //! read of the namespace's records and the watch that follows them,
 //! failover between endpoints, and the report of all of it as
-//! [`SourceEvent`]s. **Must not touch:** the chart, the protocol or any
+//! `SourceEvent`s. **Must not touch:** the chart, the protocol or any
 //! socket of the LAN path: the task only reads its `ours` channel and sends
 //! on its `events` channel; the driver feeds those events to the protocol,
 //! which merges them with what the LAN says.
@@ -15,15 +15,15 @@
 //!
 //! This instance's record lives at `<prefix>/<namespace>/<id>` (the id in
 //! decimal), attached to a lease whose TTL is the chart's TTL rounded up to
-//! whole seconds. The value is [`Record::encode`]. Anything else under
+//! whole seconds. The value is `Record::encode`. Anything else under
 //! `<prefix>/<namespace>/` (another application's keys, values that are not
 //! records, a record under another id's key) is reported as
-//! [`SourceEvent::Garbage`] and otherwise ignored.
+//! `SourceEvent::Garbage` and otherwise ignored.
 //!
 //! # The task's contract (for the driver)
 //!
-//! [`spawn`] starts the task on the current tokio runtime and returns an
-//! [`EtcdTask`]. The task:
+//! `spawn` starts the task on the current tokio runtime and returns an
+//! `EtcdTask`. The task:
 //! - **owns** one etcd client at a time (one endpoint; on failure the next),
 //!   this instance's lease, and a table of the records it has reported;
 //! - **reads** `ours`: `None` listens only (a sniffer, never registered);
@@ -43,9 +43,9 @@
 //!   re-registers (a new lease if the old one expired), re-reads the
 //!   namespace, reports what changed while it was cut off (`Put` for new or
 //!   changed records, `Delete` for vanished ones), then `Stale(false)`;
-//! - **leaves** when the [`EtcdTask`] is dropped or shut down, or when
+//! - **leaves** when the `EtcdTask` is dropped or shut down, or when
 //!   `ours` or `events` is closed: it writes its record with `leaving =
-//!   true`, then revokes the lease. [`EtcdTask::shutdown`] waits for that;
+//!   true`, then revokes the lease. `EtcdTask::shutdown` waits for that;
 //!   a drop lets it finish on the runtime (if the runtime itself is going
 //!   away, the lease expires instead);
 //! - **never exits on its own** and never panics on what it reads.

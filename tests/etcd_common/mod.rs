@@ -415,10 +415,10 @@ impl Cluster {
                 else {
                     continue;
                 };
-                if let Some(m) = members.members().iter().find(|m| m.id() == leader) {
-                    if let Some(index) = self.members.iter().position(|x| x.name == m.name()) {
-                        return index;
-                    }
+                if let Some(m) = members.members().iter().find(|m| m.id() == leader)
+                    && let Some(index) = self.members.iter().position(|x| x.name == m.name())
+                {
+                    return index;
                 }
             }
             assert!(Instant::now() < deadline, "no etcd leader");
