@@ -340,18 +340,55 @@ impl Runner {
         let mut our_kv = None;
         let mut start = dir;
         let mut revision = 0;
+        let mut limit = PAGE;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
             let deadline = self.deadline();
-            let page = within(
-                deadline,
-                "reading the namespace",
-                client.get(start, Some(options)),
-            )
-            .await?;
+            let page = match timeout(deadline, client.get(start.clone(), Some(options))).await {
+                Ok(Ok(page)) => page,
+                // Values too large for one answer (someone wrote huge
+                // values here): fewer keys per page, down to one; a single
+                // value too large to read at all is skipped as garbage.
+                Ok(Err(error)) if too_large(&error) && limit > 1 => {
+                    limit = (limit / 2).max(1);
+                    continue;
+                }
+                Ok(Err(error)) if too_large(&error) => {
+                    let options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(1)
+                        .with_keys_only()
+                        .with_revision(revision);
+                    let key =
+                        within(deadline, "reading a key", client.get(start, Some(options))).await?;
+                    if revision == 0 {
+                        revision = key.header().map_or(0, |h| h.revision());
+                    }
+                    let Some(kv) = key.kvs().first() else { break };
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "etcd: a value under the namespace is too large to read; ignored");
+                    let mut out = Vec::new();
+                    self.table.resync_entry(
+                        &mut resync,
+                        kv.key(),
+                        &[],
+                        kv.mod_revision(),
+                        &mut out,
+                    );
+                    self.emit(out).await;
+                    start = [kv.key(), &[0]].concat();
+                    limit = PAGE;
+                    continue;
+                }
+                Ok(Err(error)) => return Err(Failed(format!("reading the namespace: {error}"))),
+                Err(_) => {
+                    return Err(Failed(format!(
+                        "reading the namespace: no answer within {deadline:?}"
+                    )));
+                }
+            };
             if revision == 0 {
                 revision = page
                     .header()
@@ -459,6 +496,16 @@ impl Runner {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Whether an answer was refused for its size: gRPC `RESOURCE_EXHAUSTED`
+/// (8, the server's limit) or `OUT_OF_RANGE` (11, the client's decoding
+/// limit of 4 MiB).
+fn too_large(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code() as i32, 8 | 11),
+        _ => false,
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Options {
     /// Turn on etcd auth with users `root` / [`ROOT_PASSWORD`] and `cohort` /
     /// [`COHORT_PASSWORD`], who may read and write `/cohort/`.
     pub auth: bool,
+    /// `--max-request-bytes` (etcd's default, 1.5 MiB, unless set).
+    pub max_request_bytes: Option<u64>,
 }
 
 /// The password of the `root` user of a cluster with auth.
@@ -114,6 +116,7 @@ pub struct Cluster {
     token: String,
     tls: Option<TlsFiles>,
     auth: bool,
+    max_request_bytes: Option<u64>,
     _slot: Option<Slot>,
 }
 
@@ -227,6 +230,7 @@ impl Cluster {
                 initial_cluster,
                 tls,
                 auth: false,
+                max_request_bytes: options.max_request_bytes,
                 _slot: slot.take(),
             };
             for i in 0..cluster.members.len() {
@@ -281,6 +285,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(bytes) = self.max_request_bytes {
+            command.arg(format!("--max-request-bytes={bytes}"));
+        }
         if let Some(tls) = &self.tls {
             command
                 .arg("--cert-file")

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::harness::Cluster;
+use super::harness::{Cluster, Options};
 use super::helpers::{config, eventually, read_key, record, start};
 use crate::source::SourceEvent;
 
@@ -295,4 +295,52 @@ async fn garbage_under_the_prefix_is_counted_and_never_fatal() {
     a.publish(Some(record(1, 1, 12)));
     b.put_of(1, 12).await;
     assert_eq!(garbage(&b.seen), 7, "{:?}", b.seen);
+}
+
+#[tokio::test]
+async fn values_too_large_to_read_are_skipped_not_fatal() {
+    // etcd accepts values up to 8 MiB here; a client decodes at most 4 MiB.
+    let options = Options {
+        max_request_bytes: Some(8 << 20),
+        ..Options::default()
+    };
+    let Some(cluster) = Cluster::start_with(options).await else {
+        return;
+    };
+    let mut admin = cluster.client().await;
+    // Three values that are readable one by one but not in one answer, and
+    // one that no answer can carry.
+    for i in 0..3 {
+        admin
+            .put(format!("/cohort/huge/big{i}"), vec![b'x'; 1_500_000], None)
+            .await
+            .unwrap();
+    }
+    admin
+        .put("/cohort/huge/giant", vec![b'x'; 5_000_000], None)
+        .await
+        .unwrap();
+    let a = start(config(&cluster), "huge", LONG_TTL, Some(record(1, 1, 10)));
+    let mut b = start(config(&cluster), "huge", LONG_TTL, Some(record(2, 1, 20)));
+    b.put_of(1, 10).await;
+    for n in 1..=4 {
+        b.until(&format!("garbage #{n}"), |e| *e == SourceEvent::Garbage)
+            .await;
+    }
+    // One more while watching: the watch cannot carry it either; the
+    // source reads again around it and keeps working.
+    admin
+        .put("/cohort/huge/giant2", vec![b'x'; 5_000_000], None)
+        .await
+        .unwrap();
+    b.until("garbage #5", |e| *e == SourceEvent::Garbage).await;
+    a.publish(Some(record(1, 1, 11)));
+    b.put_of(1, 11).await;
+    b.drain();
+    let garbage = b
+        .seen
+        .iter()
+        .filter(|e| matches!(e, SourceEvent::Garbage))
+        .count();
+    assert_eq!(garbage, 5, "{:?}", b.seen);
 }
