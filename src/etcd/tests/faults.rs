@@ -68,9 +68,19 @@ async fn killing_one_member_keeps_everything_working() {
     // is allowed: the cluster has no leader then).
     cluster.restart_and_wait(&[follower]).await;
     let leader = cluster.leader().await;
+    let killed = Instant::now();
     cluster.kill(leader);
     a.publish(Some(record(1, 1, 13)));
-    b.put_of(1, 13).await;
+    let (_, at) = b
+        .until(
+            "the update after the leader died",
+            |e| matches!(e, SourceEvent::Put(r) if r.id == 1 && r.payload == [13]),
+        )
+        .await;
+    eprintln!(
+        "leader killed: an update arrived {:?} after the kill",
+        at - killed
+    );
     c.put_of(1, 13).await;
 }
 
@@ -85,9 +95,11 @@ async fn losing_quorum_is_stale_then_recovers_and_reconciles() {
     a.put_of(2, 20).await;
     a.put_of(3, 30).await;
     b.put_of(1, 10).await;
+    let killed = Instant::now();
     cluster.kill(1);
     cluster.kill(2);
-    a.until("Stale(true)", stale(true)).await;
+    let (_, at) = a.until("Stale(true)", stale(true)).await;
+    eprintln!("quorum lost: Stale(true) {:?} after the kill", at - killed);
     b.until("Stale(true)", stale(true)).await;
     c.until("Stale(true)", stale(true)).await;
     // While cut off: b changes its payload and c leaves (neither can reach
@@ -102,8 +114,15 @@ async fn losing_quorum_is_stale_then_recovers_and_reconciles() {
             instance.seen
         );
     }
+    let back = Instant::now();
     cluster.restart_and_wait(&[1, 2]).await;
-    a.until("Stale(false)", stale(false)).await;
+    let serving = Instant::now();
+    let (_, at) = a.until("Stale(false)", stale(false)).await;
+    eprintln!(
+        "quorum back: members serve {:?} after the restart, Stale(false) {:?} after that",
+        serving - back,
+        at.saturating_duration_since(serving)
+    );
     b.until("Stale(false)", stale(false)).await;
     // Consistent again: b's update arrives, c's record expires (its lease
     // was never revoked), and both a and b are registered in etcd.
