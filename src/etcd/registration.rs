@@ -19,7 +19,7 @@ use etcd_client::{
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
-use super::session::{Failed, Runner, within};
+use super::session::{Failed, Runner, same_identity, within};
 use crate::source::Record;
 
 /// Attempts at a contended registration before waiting for the next event.
@@ -135,11 +135,7 @@ impl Runner {
     /// `ours` changed: update, re-register or leave.
     pub(super) async fn apply_ours(&mut self, client: &mut Client) -> Result<(), Failed> {
         let new = self.ours.borrow_and_update().clone();
-        let same_identity = |a: &Option<Record>, b: &Option<Record>| match (a, b) {
-            (Some(a), Some(b)) => (a.id, a.incarnation) == (b.id, b.incarnation),
-            _ => false,
-        };
-        if !same_identity(&self.written, &new) {
+        if !same_identity(&self.want, &new) {
             self.leave(client).await;
         }
         self.want = new;

@@ -271,7 +271,13 @@ impl Runner {
 
     async fn session(&mut self, endpoint: &str) -> Result<End, Failed> {
         let mut client = self.connect(endpoint).await?;
-        self.want = self.ours.borrow_and_update().clone();
+        let new = self.ours.borrow_and_update().clone();
+        if !same_identity(&self.want, &new) {
+            // Changed while cut off: the old identity's key goes with its
+            // lease.
+            self.leave(&mut client).await;
+        }
+        self.want = new;
         if self.wants_registration() {
             self.ensure_lease(&mut client).await?;
         } else {
@@ -496,6 +502,14 @@ impl Runner {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Whether two records are the same instance life (id and incarnation).
+pub(super) fn same_identity(a: &Option<Record>, b: &Option<Record>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a.id, a.incarnation) == (b.id, b.incarnation),
+        _ => false,
     }
 }
 
