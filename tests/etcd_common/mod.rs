@@ -117,6 +117,10 @@ pub struct Cluster {
     tls: Option<TlsFiles>,
     auth: bool,
     max_request_bytes: Option<u64>,
+    /// One administrator's client per member, reused: every connection the
+    /// harness opened and closed itself would leave a socket in TIME_WAIT
+    /// on an ephemeral port, which other tests in the namespace may want.
+    clients: Mutex<Vec<Option<Client>>>,
     _slot: Option<Slot>,
 }
 
@@ -222,6 +226,7 @@ impl Cluster {
                 .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
                 .collect::<Vec<_>>()
                 .join(",");
+            let count = members.len();
             let mut cluster = Cluster {
                 token: dir.file_name().unwrap().to_string_lossy().into_owned(),
                 dir,
@@ -231,6 +236,7 @@ impl Cluster {
                 tls,
                 auth: false,
                 max_request_bytes: options.max_request_bytes,
+                clients: Mutex::new(vec![None; count]),
                 _slot: slot.take(),
             };
             for i in 0..cluster.members.len() {
@@ -332,6 +338,27 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // After the member: its end closed first, so no TIME_WAIT here.
+        self.cached_clients()[i] = None;
+    }
+
+    fn cached_clients(&self) -> std::sync::MutexGuard<'_, Vec<Option<Client>>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached client of member `i`, or a new one (cached).
+    async fn connect_via(&self, i: usize, bound: Duration) -> Result<Client, String> {
+        if let Some(client) = self.cached_clients()[i].clone() {
+            return Ok(client);
+        }
+        let connect = Client::connect([self.endpoint(i)], Some(self.admin_options()));
+        let client = match tokio::time::timeout(bound, connect).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("connect timed out".into()),
+        };
+        self.cached_clients()[i] = Some(client.clone());
+        Ok(client)
     }
 
     /// Starts member `i` again (after [`kill`](Self::kill)) and waits until
@@ -381,13 +408,9 @@ impl Cluster {
 
     /// An administrator's client through member `i`.
     pub async fn client_via(&self, i: usize) -> Client {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            Client::connect([self.endpoint(i)], Some(self.admin_options())),
-        )
-        .await
-        .expect("connecting to etcd timed out")
-        .expect("connecting to etcd")
+        self.connect_via(i, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to etcd member {i}: {e}"))
     }
 
     /// An administrator's client through the first running member.
@@ -403,12 +426,7 @@ impl Cluster {
         let deadline = Instant::now() + START_BOUND;
         loop {
             for i in (0..self.members.len()).filter(|&i| self.is_running(i)) {
-                let Ok(Ok(mut client)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    Client::connect([self.endpoint(i)], Some(self.admin_options())),
-                )
-                .await
-                else {
+                let Ok(mut client) = self.connect_via(i, Duration::from_secs(2)).await else {
                     continue;
                 };
                 let Ok(Ok(status)) =
@@ -476,12 +494,7 @@ impl Cluster {
     }
 
     async fn probe(&self, i: usize) -> Result<(), String> {
-        let connect = Client::connect([self.endpoint(i)], Some(self.admin_options()));
-        let mut client = match tokio::time::timeout(Duration::from_secs(2), connect).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("connect timed out".into()),
-        };
+        let mut client = self.connect_via(i, Duration::from_secs(2)).await?;
         match tokio::time::timeout(Duration::from_secs(2), client.get("health-probe", None)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -504,6 +517,8 @@ impl Cluster {
         c.user_grant_role("cohort", "cohort-rw").await.unwrap();
         c.auth_enable().await.unwrap();
         self.auth = true;
+        // Clients from before have no user: connect again with root's.
+        self.cached_clients().iter_mut().for_each(|c| *c = None);
     }
 
     /// The last lines of every member's log.
