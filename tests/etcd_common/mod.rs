@@ -39,11 +39,12 @@ pub const MAX_CLUSTERS: usize = 2;
 /// How long a member may take to serve after a (re)start.
 const START_BOUND: Duration = Duration::from_secs(60);
 
-/// The etcd binary: `$ETCD_BIN`, else `etcd` on `PATH`, else Debian's
-/// `/usr/bin/etcd`.
+/// The etcd binary: `$ETCD_BIN` (only that one, when set), else `etcd` on
+/// `PATH`, else Debian's `/usr/bin/etcd`.
 pub fn etcd_binary() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("ETCD_BIN") {
-        return Some(PathBuf::from(bin));
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
