@@ -85,6 +85,8 @@ pub mod builder;
 mod chart;
 pub mod discovery;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod host;
 pub mod local;
 mod net;
