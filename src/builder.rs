@@ -19,7 +19,7 @@
 //! let b = cohort::ChartBuilder::new().with_id(1).with_service_port(1).with_service_port(2);
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chart::{Chart, Message, Ports, Settings, encode_payload};
@@ -85,6 +85,10 @@ struct Options {
     schedule: Schedule,
     secret: Option<(Vec<u8>, Option<Vec<u8>>)>,
     limits: Limits,
+    lan: bool,
+    advertise: Vec<IpAddr>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 impl std::fmt::Debug for Options {
@@ -99,7 +103,9 @@ impl std::fmt::Debug for Options {
             .field("schedule", &self.schedule)
             .field("secret", &self.secret.as_ref().map(|_| "<secret>"))
             .field("limits", &self.limits)
-            .finish()
+            .field("lan", &self.lan)
+            .field("advertise", &self.advertise)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,6 +134,10 @@ impl ChartBuilder {
                 schedule: Schedule::default(),
                 secret: None,
                 limits: Limits::default(),
+                lan: true,
+                advertise: Vec::new(),
+                #[cfg(feature = "etcd")]
+                etcd: None,
             },
         }
     }
@@ -277,6 +287,49 @@ impl<I, P> ChartBuilder<I, P> {
         self
     }
 
+    /// Also learns (and publishes) the chart through an etcd cluster: this
+    /// instance registers under `<prefix>/<namespace>/<id>` with a lease of
+    /// the chart's TTL, and every instance registered there joins the chart
+    /// as if heard on the LAN. An instance heard both ways is one entry
+    /// ([`Entry::learned`](crate::Entry::learned) says how). Add
+    /// [`without_lan`](Self::without_lan) for etcd alone. See the README's
+    /// etcd section for when to use which.
+    ///
+    /// ```no_run
+    /// use cohort::etcd::EtcdConfig;
+    /// let chart = cohort::ChartBuilder::new()
+    ///     .with_random_id()
+    ///     .with_service_port(8042)
+    ///     .with_etcd(EtcdConfig::new(["http://10.0.0.5:2379", "http://10.0.0.6:2379"]))
+    ///     .without_lan()
+    ///     .finish()?;
+    /// # Ok::<(), cohort::BuildError>(())
+    /// ```
+    #[cfg(feature = "etcd")]
+    pub fn with_etcd(mut self, config: crate::etcd::EtcdConfig) -> Self {
+        self.options.etcd = Some(config);
+        self
+    }
+
+    /// Does not use the LAN (no multicast sockets, nothing sent or heard
+    /// there): for a chart that comes from etcd alone.
+    pub fn without_lan(mut self) -> Self {
+        self.options.lan = false;
+        self
+    }
+
+    /// An address this instance publishes to external sources (etcd), so
+    /// that instances on other networks reach it there. Repeatable. Without
+    /// it, the addresses of the chosen interfaces, or the address the kernel
+    /// uses toward the group (or toward the first etcd endpoint) are
+    /// published.
+    pub fn with_advertised_addr(mut self, ip: IpAddr) -> Self {
+        if !self.options.advertise.contains(&ip) {
+            self.options.advertise.push(ip);
+        }
+        self
+    }
+
     /// Bounds on what other senders can make this instance hold or send.
     /// The defaults fit any real LAN. Default [`Limits::default`].
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -307,8 +360,19 @@ impl<P: Message> ChartBuilder<WithId, P> {
         o.schedule
             .validate()
             .map_err(|reason| BuildError::BadSchedule { reason })?;
-        if o.interfaces == [Ipv4Addr::LOCALHOST] && !o.local_discovery {
+        if o.interfaces == [Ipv4Addr::LOCALHOST] && !o.local_discovery && o.lan {
             return Err(BuildError::LoopbackWithoutLocalDiscovery);
+        }
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &o.etcd {
+            etcd.validate().map_err(BuildError::Etcd)?;
+        }
+        #[cfg(feature = "etcd")]
+        let has_etcd = o.etcd.is_some();
+        #[cfg(not(feature = "etcd"))]
+        let has_etcd = false;
+        if !o.lan && !has_etcd {
+            return Err(BuildError::NoSource);
         }
         let payload = encode_payload(&o.namespace, &self.payload)?;
         let keys = match &o.secret {
@@ -337,6 +401,10 @@ impl<P: Message> ChartBuilder<WithId, P> {
             schedule: o.schedule,
             seed,
             limits: o.limits,
+            lan: o.lan,
+            advertise: o.advertise,
+            #[cfg(feature = "etcd")]
+            etcd: o.etcd,
         };
         Ok(Chart::new(settings, self.payload, payload, keys))
     }

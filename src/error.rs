@@ -63,6 +63,13 @@ pub enum BuildError {
         "the operating system's random number generator failed, so no random id or seed could be chosen; set an id with `with_id`"
     )]
     Random(#[source] getrandom::Error),
+    /// The etcd configuration cannot work.
+    #[cfg(feature = "etcd")]
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdConfigError),
+    /// Neither the LAN nor an external source is used: nobody could be found.
+    #[error("`without_lan()` leaves no way to find anyone: add `with_etcd(..)` or keep the LAN")]
+    NoSource,
     /// The secret is too short to derive a key from.
     #[error(
         "the secret is {len} bytes; use at least 16 (32 random bytes are good) in `with_secret`"

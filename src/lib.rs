@@ -103,7 +103,7 @@ pub use chart::{
 pub use error::{BuildError, DiscoveryError, PayloadError};
 pub use protocol::Schedule;
 pub use source::{Learned, Source};
-pub use status::{IoStats, Problem, Stats, Status};
+pub use status::{IoStats, Problem, SourceStats, Stats, Status};
 pub use wire::{DecodeError, Id};
 
 /// The README's code, compiled and run as doctests so it cannot drift from

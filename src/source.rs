@@ -1,4 +1,4 @@
-#![allow(dead_code)] // until the etcd source (src/etcd) lands
+#![cfg_attr(not(feature = "etcd"), allow(dead_code))] // encodings and events the etcd source uses
 //! Membership from sources beside the LAN (etcd), as the driver hands it to
 //! the protocol.
 //!

@@ -23,6 +23,24 @@ pub struct Stats {
     pub protocol: protocol::Stats,
     /// What the sockets did.
     pub io: IoStats,
+    /// What the etcd source reported (all zero without it).
+    pub etcd: SourceStats,
+}
+
+/// What an external source (etcd) reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceStats {
+    /// Records that appeared or changed.
+    pub puts: u64,
+    /// Records that went (a goodbye or an expired lease).
+    pub deletes: u64,
+    /// Values under the prefix that are not records of ours (another
+    /// application's keys, garbage): counted and ignored.
+    pub garbage: u64,
+    /// Times the source became stale (its cluster unreachable or without
+    /// quorum).
+    pub stale_spells: u64,
 }
 
 /// What the sockets did: datagrams really sent (not merely queued),
@@ -87,6 +105,13 @@ pub enum Problem {
         /// The operating system's error.
         error: String,
     },
+    /// An external source cannot be trusted to be current (etcd is
+    /// unreachable or has lost its quorum). The last known entries are kept
+    /// and the source retries.
+    SourceStale {
+        /// Which source.
+        source: crate::Source,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -103,6 +128,10 @@ impl std::fmt::Display for Problem {
             Problem::SendFailing { error } => write!(
                 f,
                 "peers cannot hear this instance: sending to the multicast group fails ({error}). Check the interface and its multicast route"
+            ),
+            Problem::SourceStale { source } => write!(
+                f,
+                "{source:?} cannot be reached or has no quorum: keeping the last known entries and retrying. Check the cluster's health and this host's route to its endpoints"
             ),
         }
     }

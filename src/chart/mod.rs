@@ -54,6 +54,13 @@ pub(crate) struct Settings {
     pub(crate) schedule: Schedule,
     pub(crate) seed: u64,
     pub(crate) limits: Limits,
+    /// Whether the LAN path runs (UDP multicast).
+    pub(crate) lan: bool,
+    /// Addresses to publish to external sources (empty: found at start).
+    pub(crate) advertise: Vec<std::net::IpAddr>,
+    /// The etcd cluster to use too, if any.
+    #[cfg(feature = "etcd")]
+    pub(crate) etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 struct View<M> {

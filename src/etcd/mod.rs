@@ -64,10 +64,6 @@
 //! overwrite or delete its successor's record; a task that finds a newer
 //! incarnation of its id registered stops writing (and says so in the log).
 
-// The driver starts the task (`spawn`); until it is wired in, only this
-// module's tests do.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod config;
 mod registration;
 mod session;

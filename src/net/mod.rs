@@ -33,6 +33,9 @@
 //! the protocol starts its eager phase over, so peers answer at once.
 
 mod driver;
+mod external;
+mod lan;
 mod socket;
+mod watches;
 
 pub(crate) use driver::Driver;

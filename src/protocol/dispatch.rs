@@ -403,7 +403,6 @@ impl Protocol {
     }
 
     /// Feeds what an external source (etcd) reports into membership.
-    #[allow(dead_code)] // until the etcd source (src/etcd) lands
     pub(crate) fn handle_source(&mut self, now: Instant, event: SourceEvent) {
         if self.closed {
             return;

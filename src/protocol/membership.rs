@@ -428,7 +428,6 @@ impl Membership {
     }
 
     /// An external source lists (or relists) a record.
-    #[allow(dead_code)] // until the etcd source (src/etcd) lands
     pub(crate) fn external_put(
         &mut self,
         now: Instant,
@@ -484,7 +483,6 @@ impl Membership {
     }
 
     /// An external source no longer lists `id` (or its `incarnation`).
-    #[allow(dead_code)] // until the etcd source (src/etcd) lands
     pub(crate) fn external_delete(
         &mut self,
         id: Id,
