@@ -11,7 +11,7 @@
 //! Every message says what failed and what to do about it.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::{MAX_DATAGRAM, MAX_NAMESPACE};
 
@@ -33,6 +33,33 @@ pub enum BuildError {
     NotMulticast {
         /// The address given.
         group: Ipv4Addr,
+    },
+    /// The IPv6 group address is not multicast.
+    #[error(
+        "{group} is not an IPv6 multicast address; pick one in ff02::/16 (link-local scope) with `with_multicast_group_v6`"
+    )]
+    NotMulticastV6 {
+        /// The address given.
+        group: Ipv6Addr,
+    },
+    /// A seed cannot be understood.
+    #[error(
+        "seed {seed:?}: {reason}; write it as `10.0.0.5`, `10.0.0.5:47806`, `[fd00::5]:47806` or `host.name:47806` in `with_seed`"
+    )]
+    BadSeed {
+        /// The seed as given.
+        seed: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// More seeds than are announced to.
+    #[error(
+        "{count} seeds, over the maximum of {max}; list a few stable hosts (each announces to the others it hears)",
+        max = crate::builder::MAX_SEEDS
+    )]
+    TooManySeeds {
+        /// How many were given.
+        count: usize,
     },
     /// The namespace is longer than the wire format carries.
     #[error(
@@ -114,6 +141,18 @@ pub enum DiscoveryError {
     )]
     PortInUse {
         /// The discovery port.
+        port: u16,
+        /// The bind error.
+        #[source]
+        source: io::Error,
+    },
+    /// The reply port chosen with `with_reply_port` is taken on one of the
+    /// interfaces.
+    #[error(
+        "reply port {port} is in use on one of the chosen interfaces (another instance on this host?); give each instance its own port with `with_reply_port`, or leave it out to let cohort choose"
+    )]
+    ReplyPortInUse {
+        /// The port.
         port: u16,
         /// The bind error.
         #[source]

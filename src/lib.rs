@@ -56,17 +56,17 @@
 //!
 //! # The driver's run loop
 //!
-//! [`discovery::spawn`] opens two sockets (a group socket shared by every
-//! instance on the host through `SO_REUSEPORT`, and a unicast socket of its
-//! own whose port travels in every packet as the reply port), creates the
-//! [`protocol::Protocol`] and runs a task that loops:
+//! [`discovery::spawn`] opens the LAN's sockets (per interface and family:
+//! a unicast socket whose port travels in every packet as the reply port,
+//! a group socket shared by every instance on the host, and a broadcast
+//! socket), creates the [`protocol::Protocol`] and runs a task that loops:
 //!
 //! 1. drain the protocol ([`protocol::Protocol::poll_output`]): send every
 //!    datagram, apply every change to the chart, until it names its next
 //!    timeout;
-//! 2. sleep until the first input: a datagram on either socket, the timer, a
-//!    watched same-host peer process exiting, or a request from the chart
-//!    (forget, new payload, shutdown).
+//! 2. sleep until the first input: a datagram on any socket, the timer, a
+//!    change of the interfaces, a watched same-host peer process exiting,
+//!    or a request from the chart (forget, new payload, shutdown).
 //!
 //! Nothing polls: between announcements the task is parked in the kernel.
 //! Socket errors are counted and survived; a group that cannot be joined yet
@@ -95,12 +95,13 @@ mod source;
 mod status;
 pub mod wire;
 
-pub use builder::ChartBuilder;
+pub use builder::{ChartBuilder, Interface};
 pub use chart::{
     Address, Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Notify, Ports,
     Subscription,
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
+pub use net::interfaces::{InterfaceAddr, InterfaceFlags, InterfaceInfo};
 pub use protocol::Schedule;
 pub use source::{Learned, Source};
 pub use status::{IoStats, Problem, SourceStats, Stats, Status};

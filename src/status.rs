@@ -60,6 +60,9 @@ pub struct IoStats {
     pub receive_failures: u64,
     /// Attempts to join the multicast group that failed (each is retried).
     pub join_failures: u64,
+    /// Times the set of usable interfaces or their addresses changed, and
+    /// the LAN path followed.
+    pub interface_changes: u64,
 }
 
 /// How discovery is doing right now, from
@@ -105,6 +108,25 @@ pub enum Problem {
         /// The operating system's error.
         error: String,
     },
+    /// No interface is usable: none is up, running and multicast-capable
+    /// (or none matches the chosen ones). Discovery resumes by itself when
+    /// one appears.
+    NoInterface,
+    /// The route to the multicast group leads into a tunnel or VPN (or an
+    /// interface discovery does not use), which swallows multicast sent
+    /// without naming an interface. cohort sends and joins on each
+    /// interface itself, so it keeps working on the LAN; other programs,
+    /// and peers that rely on the routing table, may not hear it.
+    GroupRouteCaptured {
+        /// The interface the group route leads to.
+        interface: String,
+    },
+    /// Nothing has been heard for a long while although peers are known or
+    /// seeds are set: a firewall may drop incoming UDP.
+    Deaf {
+        /// How long nothing has been received.
+        silent_for: Duration,
+    },
     /// An external source cannot be trusted to be current (etcd is
     /// unreachable or has lost its quorum). The last known entries are kept
     /// and the source retries.
@@ -128,6 +150,18 @@ impl std::fmt::Display for Problem {
             Problem::SendFailing { error } => write!(
                 f,
                 "peers cannot hear this instance: sending to the multicast group fails ({error}). Check the interface and its multicast route"
+            ),
+            Problem::NoInterface => write!(
+                f,
+                "no usable network interface (up, running, multicast-capable): nothing can be sent or heard until one appears. Check `ip link`, the interfaces chosen with `with_interface`, or use `loopback_only()` on a single host"
+            ),
+            Problem::GroupRouteCaptured { interface } => write!(
+                f,
+                "the route to the multicast group goes through {interface} (a VPN or tunnel?): cohort sends on each interface itself and keeps working, but programs relying on the routing table will not hear this LAN. Exclude the tunnel with `without_interface` if it should not be used, or route 239.255.0.0/16 to the LAN interface"
+            ),
+            Problem::Deaf { silent_for } => write!(
+                f,
+                "nothing received for {silent_for:?} although peers are expected: a firewall may drop incoming UDP. Allow the discovery port (and the reply port, if set) for UDP; see the README's firewall section"
             ),
             Problem::SourceStale { source } => write!(
                 f,

@@ -39,16 +39,26 @@ fn etcd_only(cluster: &Cluster, ns: &str, id: u64) -> cohort::Chart<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charts_from_etcd_alone_meet_and_a_goodbye_is_seen_at_once() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
     let a = etcd_only(&cluster, "etcd-smoke", 1);
     let b = etcd_only(&cluster, "etcd-smoke", 2);
     let mut events = a.subscribe();
     let _da = discovery::spawn(&a).unwrap();
     let db = discovery::spawn(&b).unwrap();
-    timeout(BOUND, discovery::found_everyone(&a, 2)).await.unwrap();
-    timeout(BOUND, discovery::found_everyone(&b, 2)).await.unwrap();
+    timeout(BOUND, discovery::found_everyone(&a, 2))
+        .await
+        .unwrap();
+    timeout(BOUND, discovery::found_everyone(&b, 2))
+        .await
+        .unwrap();
     let entry = a.get(2).unwrap();
-    assert!(entry.learned.etcd && !entry.learned.lan, "{:?}", entry.learned);
+    assert!(
+        entry.learned.etcd && !entry.learned.lan,
+        "{:?}",
+        entry.learned
+    );
     assert_eq!(a.get_addr(2), Some("127.0.0.1:2".parse().unwrap()));
     let left = Instant::now();
     db.shutdown().await.unwrap();
@@ -58,5 +68,8 @@ async fn charts_from_etcd_alone_meet_and_a_goodbye_is_seen_at_once() {
         }
     };
     assert_eq!(reason, LeftReason::Goodbye);
-    println!("goodbye through etcd seen {:?} after shutdown began", left.elapsed());
+    println!(
+        "goodbye through etcd seen {:?} after shutdown began",
+        left.elapsed()
+    );
 }

@@ -250,7 +250,7 @@ fn as_nobody(child_fn: &str, env: &[(&str, &str)]) -> Option<tokio::process::Com
 async fn first_report(child: &mut tokio::process::Child) -> String {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(BOUND, async {
+    let report = tokio::time::timeout(BOUND, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(i) = line.find("@@ ") {
                 return line[i + 3..].to_string();
@@ -259,7 +259,11 @@ async fn first_report(child: &mut tokio::process::Child) -> String {
         panic!("the child exited without reporting")
     })
     .await
-    .expect("the child reported in time")
+    .expect("the child reported in time");
+    // Keep reading, so the child's test harness can print its summary
+    // instead of failing on a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    report
 }
 
 fn abstract_addr(name: &str) -> std::os::unix::net::SocketAddr {

@@ -18,14 +18,27 @@ pub const EVENT_CAPACITY: usize = 1024;
 /// One address an instance can be reached at: an IP and, for an IPv6
 /// link-local address, the scope (local interface index) it is valid on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub struct Address {
     /// The IP address.
     pub ip: IpAddr,
     /// The IPv6 scope id (0 for IPv4 and global IPv6 addresses).
     pub scope_id: u32,
+    /// The local interface (its index) the instance was heard on at this
+    /// address; `None` for addresses an external source published.
+    pub interface: Option<u32>,
 }
 
 impl Address {
+    /// An address with no scope and no interface.
+    pub fn new(ip: IpAddr) -> Self {
+        Address {
+            ip,
+            scope_id: 0,
+            interface: None,
+        }
+    }
+
     /// The socket address for `port` on this address, scope included.
     pub fn with_port(self, port: u16) -> SocketAddr {
         match self.ip {
@@ -46,6 +59,7 @@ impl From<SocketAddr> for Address {
         Address {
             ip: addr.ip(),
             scope_id,
+            interface: None,
         }
     }
 }
@@ -68,8 +82,10 @@ pub struct Entry<M> {
     /// Its best address (the first of `addrs`).
     pub ip: IpAddr,
     /// Every address it was heard and proven at, best first (a peer on
-    /// several networks is one entry with several addresses; the order is
-    /// stable), then addresses an external source published.
+    /// several networks is one entry with several addresses): IPv4, then
+    /// routable IPv6, then link-local IPv6, the first heard first among
+    /// equals, so the best never flaps; then addresses an external source
+    /// published. Each says which local interface it was heard on.
     pub addrs: Vec<Address>,
     /// Where it was learned: the LAN, etcd, or both.
     pub learned: Learned,
@@ -86,10 +102,7 @@ pub struct Entry<M> {
 impl<M> Entry<M> {
     /// Its best address, scope included.
     pub fn best(&self) -> Address {
-        self.addrs.first().copied().unwrap_or(Address {
-            ip: self.ip,
-            scope_id: 0,
-        })
+        self.addrs.first().copied().unwrap_or(Address::new(self.ip))
     }
 }
 

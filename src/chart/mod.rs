@@ -48,7 +48,8 @@ pub(crate) struct Settings {
     pub(crate) namespace: String,
     pub(crate) group: Ipv4Addr,
     pub(crate) port: u16,
-    pub(crate) interfaces: Vec<Ipv4Addr>,
+    /// Interfaces, families, reply port, seeds, broadcast.
+    pub(crate) net: crate::builder::NetOptions,
     pub(crate) local_discovery: bool,
     pub(crate) multicast_ttl: u32,
     pub(crate) schedule: Schedule,
@@ -418,7 +419,15 @@ impl<M: Message> Chart<M> {
         Some(Entry {
             id: info.id,
             ip: info.ip,
-            addrs: info.addrs.iter().map(|a| Address::from(*a)).collect(),
+            addrs: info
+                .addrs
+                .iter()
+                .zip(info.interfaces.iter().chain(std::iter::repeat(&None)))
+                .map(|(a, via)| Address {
+                    interface: *via,
+                    ..Address::from(*a)
+                })
+                .collect(),
             learned: info.learned,
             msg,
             incarnation: info.incarnation,

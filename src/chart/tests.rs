@@ -20,6 +20,7 @@ fn info(id: Id, payload: Vec<u8>) -> PeerInfo {
         incarnation: 1,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         addrs: vec![(Ipv4Addr::LOCALHOST, 4000).into()],
+        interfaces: vec![Some(1)],
         learned: crate::Learned {
             lan: true,
             etcd: false,

@@ -14,9 +14,14 @@
 //!     until it names its next timeout          (poll_output)
 //!     publish stats; arm the timer
 //!     wait for ONE input:
-//!         a datagram on either LAN socket  -> handle_datagram
+//!         a datagram on any LAN socket     -> handle_datagram_via(interface)
 //!         an event of an external source   -> handle_source
-//!         the timer                        -> join retry / handle_timeout
+//!         the interfaces changed (netlink) -> re-scan soon
+//!         a seed's addresses changed       -> set_seeds
+//!         the timer                        -> join retries / re-scan
+//!                                             (handle_interface_gone,
+//!                                             handle_network_change) /
+//!                                             deafness check / handle_timeout
 //!         a request from the chart         -> forget / set_payload / keys / close
 //!         a watched process exiting        -> handle_process_exit
 //! }
@@ -27,27 +32,46 @@
 //! goodbye) leaves before the task sleeps. Between announcements the task
 //! sleeps in the kernel: no polling, no CPU.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::external::External;
-use super::lan::{Joined, Lan};
+use super::hearing::Hearing;
+use super::interfaces::Changes;
+use super::lan::{Arrival, Lan, Role};
+use super::seeds::Seeds;
 use super::watches::Watches;
 use crate::chart::{Chart, Message, RunGuard, payload_decodes};
 use crate::error::DiscoveryError;
 use crate::host;
-use crate::protocol::{ClockAnchor, Config, Destination, Mode, Output, Protocol};
+use crate::protocol::{
+    Change, ClockAnchor, Config, Destination, LeftReason, Mode, Output, Protocol,
+};
 use crate::source::{Record, SourceEvent};
 use crate::status::{IoStats, Problem, SourceStats, Stats};
 use crate::wire::MAX_DATAGRAM;
+
+/// After the kernel reports an interface change, wait this long for the
+/// rest of the burst (a new interface comes with several link and address
+/// messages) before looking.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Where the kernel sends no news of interface changes, look this often.
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
 /// One chart's discovery: sources open, protocol created, not yet running.
 pub(crate) struct Driver<M: Message> {
     chart: Chart<M>,
     protocol: Protocol,
     lan: Option<Lan>,
+    /// News of interface changes (`None`: look every [`RESCAN_EVERY`]).
+    changes: Option<Changes>,
+    /// When to look at the interfaces again.
+    rescan_at: Option<Instant>,
+    seeds: Seeds,
+    hearing: Hearing,
     external: External,
     /// This instance's record for external sources (`None` when listening
     /// only).
@@ -68,12 +92,22 @@ impl<M: Message> Driver<M> {
     pub(crate) fn open(chart: Chart<M>, mode: Mode) -> Result<Self, DiscoveryError> {
         let run = chart.begin_run().ok_or(DiscoveryError::AlreadyRunning)?;
         let settings = &chart.shared.settings;
-        let lan = settings.lan.then(|| Lan::open(settings)).transpose()?;
-        let reply_port = lan.as_ref().map(Lan::reply_port).transpose()?.unwrap_or(0);
+        let now = Instant::now();
+        // Subscribed before the first scan, so no change falls in between.
+        let changes = if settings.lan {
+            Changes::open()
+                .inspect_err(|error| {
+                    tracing::debug!(%error, "no interface change notifications; re-scanning every {RESCAN_EVERY:?}");
+                })
+                .ok()
+        } else {
+            None
+        };
+        let lan = settings.lan.then(|| Lan::open(settings, now)).transpose()?;
+        let reply_port = lan.as_ref().map_or(0, Lan::reply_port);
         let process = host::this_process();
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(DiscoveryError::Random)?;
-        let now = Instant::now();
         let payload = chart.our_payload();
         let config = Config {
             id: settings.id,
@@ -105,6 +139,15 @@ impl<M: Message> Driver<M> {
             leaving: false,
         });
         let external = External::start(settings, record.clone());
+        let seeds = if settings.lan {
+            Seeds::start(&settings.net.seeds, settings.port)
+        } else {
+            Seeds::start(&[], settings.port)
+        };
+        let mut protocol = protocol;
+        protocol.set_seeds(now.into_std(), seeds.initial());
+        let hearing = Hearing::new(now, settings.schedule.ttl, !settings.net.seeds.is_empty());
+        let rescan_at = (lan.is_some() && changes.is_none()).then(|| now + RESCAN_EVERY);
         tracing::debug!(
             id = settings.id,
             reply_port,
@@ -113,9 +156,13 @@ impl<M: Message> Driver<M> {
             external = external.any(),
             "discovery starting"
         );
-        let mut driver = Driver {
+        let driver = Driver {
             protocol,
             lan,
+            changes,
+            rescan_at,
+            seeds,
+            hearing,
             external,
             record,
             watches: Watches::new(process),
@@ -125,7 +172,7 @@ impl<M: Message> Driver<M> {
             chart,
             _run: run,
         };
-        driver.try_join(now);
+        driver.sync_lan_status();
         Ok(driver)
     }
 
@@ -139,8 +186,7 @@ impl<M: Message> Driver<M> {
     pub(crate) async fn run(mut self) -> Result<(), DiscoveryError> {
         // One byte more than the largest valid datagram, so an oversize one
         // is seen as oversize instead of silently truncated to a valid size.
-        let mut group_buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut unicast_buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut failures = 0u32;
         // One timer for the whole run, moved only when the deadline moves.
         let timer = sleep_until(Instant::now());
@@ -149,8 +195,15 @@ impl<M: Message> Driver<M> {
         loop {
             let deadline = self.drain().await;
             self.publish();
-            let retry = self.lan.as_ref().and_then(Lan::retry_at);
-            let deadline = [deadline, retry].into_iter().flatten().min();
+            let deadline = [
+                deadline,
+                self.lan.as_ref().and_then(Lan::retry_at),
+                self.rescan_at,
+                self.hearing.check_at(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if deadline != armed {
                 if let Some(deadline) = deadline {
                     timer.as_mut().reset(deadline);
@@ -163,15 +216,14 @@ impl<M: Message> Driver<M> {
                     // goodbye waiting on our sockets while `select!` picked
                     // this branch first: handle what is queued, so it leaves
                     // as `Goodbye`, which is what happened.
-                    self.drain_sockets(&mut group_buf, &mut unicast_buf);
+                    self.drain_sockets(&mut buf);
                     tracing::debug!(id, "same-host peer process exited");
                     self.protocol.handle_process_exit(id, incarnation);
                 }
-                r = recv(self.lan.as_ref(), &mut group_buf, &mut unicast_buf) => match r {
-                    Ok((len, from, on_group)) => {
+                r = recv(self.lan.as_ref(), &mut buf) => match r {
+                    Ok(arrival) => {
                         failures = 0;
-                        let buf = if on_group { &group_buf } else { &unicast_buf };
-                        deliver(&mut self.protocol, &mut self.io, from, &buf[..len]);
+                        self.arrived(arrival, &buf);
                     }
                     Err(error) => {
                         self.io.receive_failures += 1;
@@ -181,6 +233,15 @@ impl<M: Message> Driver<M> {
                         sleep(pause).await;
                     }
                 },
+                () = changed(self.changes.as_mut()) => {
+                    // A burst of messages comes with one change: look once
+                    // it has settled.
+                    self.rescan_at.get_or_insert(Instant::now() + SETTLE);
+                }
+                seeds = self.seeds.changed() => {
+                    tracing::debug!(?seeds, "seed addresses");
+                    self.protocol.set_seeds(Instant::now().into_std(), seeds);
+                }
                 event = self.external.next() => self.source_event(event),
                 () = self.chart.shared.wake.notified() => {
                     if self.handle_requests() {
@@ -198,17 +259,124 @@ impl<M: Message> Driver<M> {
                     // timer: after a stall (SIGSTOP, a paused VM, a starved
                     // CPU) the timer and the peers' packets are both due,
                     // and the packets are the evidence that peers are alive.
-                    self.drain_sockets(&mut group_buf, &mut unicast_buf);
+                    self.drain_sockets(&mut buf);
                     let now = Instant::now();
-                    if self.lan.as_ref().and_then(Lan::retry_at).is_some_and(|at| now >= at) {
-                        self.try_join(now);
-                    }
+                    self.network_timers(now);
                     self.protocol.handle_timeout(now.into_std());
                     // Give back memory a flood or a mass departure left.
                     self.protocol.shrink();
                 }
             }
         }
+    }
+
+    /// One datagram from the LAN: to the protocol, with the interface it
+    /// came in on.
+    fn arrived(&mut self, arrival: Arrival, buf: &[u8]) {
+        let now = Instant::now();
+        self.io.datagrams_received += 1;
+        let mut from = arrival.from;
+        if from.ip().is_unspecified() {
+            // The sender's kernel had no address for the interface it sent
+            // from. That happens on loopback (multicast over a
+            // loopback-only route), so there it is this host; anywhere
+            // else it cannot be answered.
+            if !arrival.loopback {
+                tracing::debug!(%from, "datagram from an unspecified address dropped");
+                return;
+            }
+            from.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        if let Some(lan) = &mut self.lan
+            && arrival.role == Role::Group
+            && !lan.is_ours(from.ip())
+        {
+            lan.heard_multicast(now);
+        }
+        if self.hearing.heard(now) {
+            self.chart
+                .update_status(|s| s.problems.retain(|p| !matches!(p, Problem::Deaf { .. })));
+        }
+        let via = (arrival.interface != 0).then_some(arrival.interface);
+        let datagram = &buf[..arrival.len.min(buf.len())];
+        if let Err(rejected) =
+            self.protocol
+                .handle_datagram_via(now.into_std(), from, via, datagram)
+        {
+            tracing::debug!(%from, %rejected, "datagram dropped");
+        }
+    }
+
+    /// The LAN's own timers: join retries, re-scans of the interfaces, and
+    /// the check for deafness.
+    fn network_timers(&mut self, now: Instant) {
+        let Some(lan) = &mut self.lan else { return };
+        if lan.retry_at().is_some_and(|at| now >= at) {
+            let failures = lan.join_failures();
+            if lan.retry_joins(now) {
+                tracing::info!("joined the multicast group; discovery is listening");
+                // The eager announcements went nowhere: start over.
+                self.protocol.handle_network_change(now.into_std());
+            }
+            self.io.join_failures += lan.join_failures() - failures;
+            self.sync_lan_status();
+        }
+        if self.rescan_at.is_some_and(|at| now >= at) {
+            self.rescan(now);
+        }
+        if self.hearing.check_at().is_some_and(|at| now >= at) {
+            let silent_for = self.hearing.deaf(now);
+            let problem = Problem::Deaf { silent_for };
+            tracing::warn!("{problem}");
+            self.chart.update_status(|s| {
+                s.problems.retain(|p| !matches!(p, Problem::Deaf { .. }));
+                s.problems.push(problem);
+            });
+        }
+    }
+
+    /// Looks at the interfaces again and follows what changed: sockets on
+    /// new interfaces (and the eager phase over again, so peers there are
+    /// learned in one round trip), peers heard on vanished ones probed.
+    fn rescan(&mut self, now: Instant) {
+        self.rescan_at = self.changes.is_none().then(|| now + RESCAN_EVERY);
+        let Some(lan) = &mut self.lan else { return };
+        let settings = &self.chart.shared.settings;
+        let failures = lan.join_failures();
+        let (gone, new) = lan.rescan(settings, now);
+        self.io.join_failures += lan.join_failures() - failures;
+        if gone.is_empty() && !new {
+            return;
+        }
+        self.io.interface_changes += 1;
+        for index in gone {
+            self.protocol.handle_interface_gone(now.into_std(), index);
+        }
+        if new {
+            self.protocol.handle_network_change(now.into_std());
+        }
+        // Counters first: whoever sees the new status sees them too.
+        self.publish();
+        self.sync_lan_status();
+    }
+
+    /// Copies what the LAN knows of its own health into the chart's status.
+    fn sync_lan_status(&self) {
+        let Some(lan) = &self.lan else { return };
+        let joined = lan.joined();
+        let problems = lan.problems().to_vec();
+        self.chart.update_status(|s| {
+            s.joined = joined;
+            s.problems.retain(|p| {
+                !matches!(
+                    p,
+                    Problem::NotJoined { .. }
+                        | Problem::NoInterface
+                        | Problem::GroupRouteCaptured { .. }
+                )
+            });
+            s.problems.extend(problems);
+        });
     }
 
     /// Polls the protocol until it names its next timeout: sends every
@@ -218,6 +386,13 @@ impl<M: Message> Driver<M> {
             match self.protocol.poll_output() {
                 Output::Transmit(t) => self.send(t.destination, &t.contents).await,
                 Output::Change(change) => {
+                    if let Change::Left {
+                        reason: LeftReason::Expired,
+                        ..
+                    } = change
+                    {
+                        self.hearing.expired(Instant::now());
+                    }
                     self.watches.follow(&change);
                     self.chart.apply(change);
                 }
@@ -287,53 +462,14 @@ impl<M: Message> Driver<M> {
             .handle_source(Instant::now().into_std(), event);
     }
 
-    /// Handles the datagrams already queued on both sockets, without
+    /// Handles the datagrams already queued on the sockets, without
     /// waiting; at most a bounded number, so a flood cannot hold the loop.
-    fn drain_sockets(&mut self, group_buf: &mut [u8], unicast_buf: &mut [u8]) {
-        let Some(lan) = &self.lan else { return };
-        for (on_group, buf) in [(true, &mut *group_buf), (false, &mut *unicast_buf)] {
-            // Errors (WouldBlock above all) end the drain; the loop sees the rest.
-            for _ in 0..256 {
-                let Some((len, from)) = lan.try_recv(on_group, buf) else {
-                    break;
-                };
-                deliver(&mut self.protocol, &mut self.io, from, &buf[..len]);
-            }
-        }
-    }
-
-    /// Joins the group, or schedules the next attempt and says why in the
-    /// chart's status.
-    fn try_join(&mut self, now: Instant) {
-        let Some(lan) = &mut self.lan else { return };
-        match lan.try_join(now) {
-            Joined::Yes { again } => {
-                self.chart.update_status(|s| {
-                    s.joined = true;
-                    s.problems
-                        .retain(|p| !matches!(p, Problem::NotJoined { .. }));
-                });
-                if again {
-                    tracing::info!(group = %lan.group(), "joined the multicast group; discovery is listening");
-                    // The eager announcements went nowhere: start over.
-                    self.protocol.handle_network_change(now.into_std());
-                }
-            }
-            Joined::No(problem) => {
-                self.io.join_failures += 1;
-                if let Problem::NotJoined { attempts, .. } = &problem
-                    && attempts.is_power_of_two()
-                {
-                    // Logged at attempts 1, 2, 4, 8, ...: visible, never a flood.
-                    tracing::warn!("{problem}");
-                }
-                self.chart.update_status(|s| {
-                    s.joined = false;
-                    s.problems
-                        .retain(|p| !matches!(p, Problem::NotJoined { .. }));
-                    s.problems.push(problem);
-                });
-            }
+    fn drain_sockets(&mut self, buf: &mut [u8]) {
+        for _ in 0..256 {
+            let Some(arrival) = self.lan.as_ref().and_then(|lan| lan.try_recv(buf)) else {
+                break;
+            };
+            self.arrived(arrival, buf);
         }
     }
 
@@ -341,7 +477,7 @@ impl<M: Message> Driver<M> {
         let Some(lan) = &self.lan else {
             return; // an etcd-only chart: nothing goes on the LAN
         };
-        for result in lan.send(destination, contents).await {
+        for result in lan.send(destination, contents, Instant::now()).await {
             match result {
                 Ok(_) => {
                     self.io.datagrams_sent += 1;
@@ -375,29 +511,19 @@ impl<M: Message> Driver<M> {
 }
 
 /// The next datagram on the LAN sockets; never returns without a LAN.
-async fn recv(
-    lan: Option<&Lan>,
-    group_buf: &mut [u8],
-    unicast_buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, bool)> {
+async fn recv(lan: Option<&Lan>, buf: &mut [u8]) -> std::io::Result<Arrival> {
     match lan {
-        Some(lan) => lan.recv(group_buf, unicast_buf).await,
+        Some(lan) => std::future::poll_fn(|cx| lan.poll_recv(cx, buf)).await,
         None => std::future::pending().await,
     }
 }
 
-/// Hands one datagram to the protocol.
-fn deliver(protocol: &mut Protocol, io: &mut IoStats, mut from: SocketAddr, datagram: &[u8]) {
-    io.datagrams_received += 1;
-    // A source of 0.0.0.0 means the sender's kernel found no address for
-    // the outgoing interface (multicast over a loopback-only route does
-    // this), so it came from this host: record it as loopback.
-    if from.ip().is_unspecified() {
-        from.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    }
-    let now = Instant::now().into_std();
-    if let Err(rejected) = protocol.handle_datagram(now, from, datagram) {
-        tracing::debug!(%from, %rejected, "datagram dropped");
+/// The next news of an interface change; never returns without a
+/// subscription.
+async fn changed(changes: Option<&mut Changes>) {
+    match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -415,7 +541,7 @@ fn advertised(settings: &crate::chart::Settings, lan: Option<&Lan>) -> Vec<IpAdd
         && let Some(host) = endpoint
             .trim_start_matches("http://")
             .trim_start_matches("https://")
-            .parse::<SocketAddr>()
+            .parse::<std::net::SocketAddr>()
             .ok()
         && let Some(ip) = super::lan::source_toward(host)
     {
@@ -448,7 +574,7 @@ impl<M: Message> Drop for Driver<M> {
             &self.lan,
             self.protocol.goodbye_datagram(Instant::now().into_std()),
         ) {
-            lan.goodbye_now(&bye);
+            lan.goodbye_now(&bye, self.protocol.seeds());
         }
     }
 }

@@ -34,7 +34,7 @@ impl Protocol {
     ///
     /// # Errors
     /// [`Rejected`] says why a datagram was ignored, for logs; it is already
-    /// counted in [`Stats`].
+    /// counted in [`Stats`](super::Stats).
     pub fn handle_datagram(
         &mut self,
         now: Instant,

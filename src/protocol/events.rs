@@ -55,8 +55,13 @@ pub struct PeerInfo {
     pub ip: IpAddr,
     /// Every address it was heard and proven at (its unicast socket's, with
     /// the IPv6 scope), best first, then addresses an external source
-    /// published (port 0). The order is stable: a new address is appended.
+    /// published (port 0). IPv4 before routable IPv6 before link-local
+    /// IPv6; among equals, the first heard first, so the best address never
+    /// flaps.
     pub addrs: Vec<SocketAddr>,
+    /// The local interface (index) each of `addrs` was heard on, in the same
+    /// order; `None` where the driver did not say, and for published ones.
+    pub interfaces: Vec<Option<u32>>,
     /// Where it was learned.
     pub learned: Learned,
     /// Its payload, encoded by the chart layer; it passed

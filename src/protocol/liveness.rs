@@ -66,6 +66,18 @@ impl Liveness {
         self.heard(now, self.ttl);
     }
 
+    /// The way to the peer may be gone (its interface vanished): probe it
+    /// now, as if it had been silent for nine tenths of its TTL, so it
+    /// leaves within a tenth of its TTL unless it answers.
+    pub(crate) fn suspect(&mut self, now: Instant) {
+        if self.probing_since.is_some() {
+            return;
+        }
+        if let Some(back) = now.checked_sub(self.ttl - self.window()) {
+            self.last_seen = self.last_seen.min(back);
+        }
+    }
+
     pub(crate) fn last_seen(&self) -> Instant {
         self.last_seen
     }
@@ -176,6 +188,18 @@ mod tests {
         let (probes, evicted) = run_silent(l, woke);
         assert_eq!(probes, PROBES - 1);
         assert_eq!(evicted, woke + TTL / 10);
+    }
+
+    #[test]
+    fn a_suspected_peer_is_probed_at_once_and_evicted_a_tenth_later() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, TTL);
+        let gone = t0 + Duration::from_secs(1);
+        l.suspect(gone);
+        assert_eq!(l.deadline(), gone);
+        let (probes, evicted) = run_silent(l, gone);
+        assert_eq!(probes, PROBES);
+        assert_eq!(evicted, gone + TTL / 10);
     }
 
     #[test]

@@ -534,12 +534,36 @@ impl Membership {
 }
 
 /// What a change reports of a peer.
+impl Membership {
+    /// A local interface is gone: see
+    /// [`Protocol::handle_interface_gone`](super::Protocol::handle_interface_gone).
+    pub(crate) fn interface_gone(&mut self, now: Instant, index: u32, out: &mut Outbox) {
+        let heard_there: Vec<Id> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.addrs.iter().any(|a| a.via == Some(index)))
+            .map(|(id, _)| id)
+            .collect();
+        for id in heard_there {
+            let changed = self
+                .peers
+                .update(id, |p| p.interface_gone(index, now).then(|| info(id, p)))
+                .flatten();
+            if let Some(info) = changed {
+                out.event(Change::Updated(info));
+            }
+        }
+    }
+}
+
 pub(crate) fn info(id: Id, peer: &Peer) -> PeerInfo {
     let mut addrs: Vec<SocketAddr> = peer.addrs.iter().map(|a| a.addr).collect();
+    let mut interfaces: Vec<Option<u32>> = peer.addrs.iter().map(|a| a.via).collect();
     if let Some(external) = &peer.external {
         for ip in &external.addrs {
             if !addrs.iter().any(|a| a.ip() == *ip) {
                 addrs.push(SocketAddr::new(*ip, 0));
+                interfaces.push(None);
             }
         }
     }
@@ -551,6 +575,7 @@ pub(crate) fn info(id: Id, peer: &Peer) -> PeerInfo {
             SocketAddr::ip,
         ),
         addrs,
+        interfaces,
         learned: Learned {
             lan: peer.on_lan(),
             etcd: peer.external(),

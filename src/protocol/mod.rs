@@ -59,7 +59,7 @@
 //! (`want_reply`) on its first [`Schedule::eager_announcements`]
 //! announcements. Without a key (open packets), nobody is believed before it
 //! proves it receives at the address it claims: whoever hears an unknown
-//! sender answers with a small [`Message::Query`] carrying a cookie, never
+//! sender answers with a small [`Message::Query`](crate::wire::Message::Query) carrying a cookie, never
 //! larger than what it received; the sender echoes the cookie (and sends a
 //! cookie of its own); the first side then knows the second is real, lists
 //! it, and answers in full with the echo of the second cookie, twice, a
@@ -105,10 +105,11 @@
 //! Every datagram dropped is counted by reason in [`Stats`].
 //!
 //! A sniffer ([`Mode::Sniff`]) never announces; it multicasts
-//! [`Message::Query`] on the eager schedule, proves its address when
+//! [`Message::Query`](crate::wire::Message::Query) on the eager schedule, proves its address when
 //! challenged, and every announcing instance answers it in full. A querier
 //! is never added to a chart.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod announcer;
@@ -154,6 +155,9 @@ pub const MAX_PACING: Duration = Duration::from_millis(50);
 /// not all in the same millisecond, so its receive buffer keeps up.
 pub const PACING_PER_PEER: Duration = Duration::from_micros(20);
 
+/// The most seed addresses announced to (see [`Protocol::set_seeds`]).
+pub const MAX_SEEDS: usize = 64;
+
 /// How far in the future an incarnation may lie (clock skew between
 /// hosts); beyond it, it is refused.
 pub const MAX_FUTURE_INCARNATION: Duration = Duration::from_secs(3600);
@@ -180,6 +184,8 @@ pub struct Protocol {
     out: Outbox,
     /// Reused for opening sealed packets: no allocation per datagram.
     scratch: Vec<u8>,
+    /// Peers announced to directly, beside the group.
+    seeds: Vec<SocketAddr>,
     closed: bool,
 }
 
@@ -245,6 +251,7 @@ impl Protocol {
             clock: config.clock,
             out: Outbox::default(),
             scratch: Vec::new(),
+            seeds: Vec::new(),
             ours,
             closed: false,
         };
@@ -376,7 +383,67 @@ impl Protocol {
                 ..Build::plain(said)
             },
         );
+        for &seed in &self.seeds {
+            self.out.send(Destination::Unicast(seed), bytes.clone());
+        }
         self.out.send(Destination::Group, bytes);
+    }
+
+    /// Sets the seeds: addresses every announcement also goes to directly,
+    /// for networks that drop multicast. At most [`MAX_SEEDS`] are kept.
+    /// A seed not in the previous set is sent an announcement at once
+    /// (asking for a reply), so it learns of us without waiting for the
+    /// schedule.
+    pub fn set_seeds(&mut self, now: Instant, mut seeds: Vec<SocketAddr>) {
+        seeds.sort_unstable();
+        seeds.dedup();
+        seeds.truncate(MAX_SEEDS);
+        let new: Vec<SocketAddr> = seeds
+            .iter()
+            .filter(|s| !self.seeds.contains(s))
+            .copied()
+            .collect();
+        self.seeds = seeds;
+        if self.closed || new.is_empty() {
+            return;
+        }
+        let wall = self.wall_ms(now).unwrap_or(0);
+        let said = match self.mode {
+            Mode::Announce => Said::Announce { want_reply: true },
+            Mode::Sniff => Said::Query { want_reply: true },
+        };
+        let pad_to = match said {
+            Said::Query { .. } if !self.ours.sealed() => QUERY_PAD,
+            _ => 0,
+        };
+        let bytes = self.ours.packet(
+            wall,
+            Build {
+                pad_to,
+                ..Build::plain(said)
+            },
+        );
+        for seed in new {
+            self.out.send(Destination::Unicast(seed), bytes.clone());
+        }
+    }
+
+    /// The seeds announced to.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
+    /// Interface `index` (as given to
+    /// [`handle_datagram_via`](Self::handle_datagram_via)) is gone. A peer
+    /// heard through it and elsewhere loses the addresses it had there; a
+    /// peer heard only there is probed at once, and leaves within a tenth
+    /// of its TTL unless it answers by another way.
+    pub fn handle_interface_gone(&mut self, now: Instant, index: u32) {
+        if self.closed {
+            return;
+        }
+        self.members.interface_gone(now, index, &mut self.out);
+        self.handle_timeout(now);
     }
 
     /// The network changed for the better (the group could be joined at
@@ -436,6 +503,9 @@ impl Protocol {
         if self.mode == Mode::Announce {
             let wall = self.wall_ms(now).unwrap_or(0);
             let bye = self.ours.packet(wall, Build::plain(Said::Goodbye));
+            for &seed in &self.seeds {
+                self.out.send(Destination::Unicast(seed), bye.clone());
+            }
             self.out.send(Destination::Group, bye);
         }
         self.announcer.stop();

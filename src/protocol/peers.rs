@@ -32,6 +32,17 @@ pub struct PeerAddr {
     pub last_heard: Instant,
 }
 
+/// How good an address is to reach a peer by (lower is better): IPv4
+/// first (every service binds it, no scope needed), then routable IPv6,
+/// then link-local IPv6 (valid on one link only, and only with its scope).
+pub(crate) fn rank(addr: SocketAddr) -> u8 {
+    match addr {
+        SocketAddr::V4(_) => 0,
+        SocketAddr::V6(a) if a.ip().segments()[0] & 0xffc0 == 0xfe80 => 2,
+        SocketAddr::V6(_) => 1,
+    }
+}
+
 /// What an external source (etcd) says of a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct External {
@@ -140,7 +151,8 @@ impl Peer {
     }
 
     /// Records a packet from `addr`; returns whether the address is new.
-    /// New addresses go last, so the best one never flaps.
+    /// A new address goes after every address as good as it ([`rank`]), so
+    /// the best one comes first and never flaps between equals.
     pub(crate) fn heard_at(&mut self, addr: SocketAddr, via: Option<u32>, now: Instant) -> bool {
         if let Some(known) = self.addrs.iter_mut().find(|a| a.addr == addr) {
             known.last_heard = now;
@@ -155,11 +167,19 @@ impl Peer {
                 self.addrs.remove(oldest);
             }
         }
-        self.addrs.push(PeerAddr {
-            addr,
-            via,
-            last_heard: now,
-        });
+        let at = self
+            .addrs
+            .iter()
+            .position(|a| rank(a.addr) > rank(addr))
+            .unwrap_or(self.addrs.len());
+        self.addrs.insert(
+            at,
+            PeerAddr {
+                addr,
+                via,
+                last_heard: now,
+            },
+        );
         true
     }
 
@@ -172,6 +192,19 @@ impl Peer {
         if before > 1 {
             self.addrs
                 .retain(|a| now.saturating_duration_since(a.last_heard) <= ttl);
+        }
+        self.addrs.len() != before
+    }
+
+    /// The local interface `index` is gone: addresses heard only through
+    /// it go if others remain; with none other, the peer is probed at once.
+    /// Returns whether its addresses changed.
+    pub(crate) fn interface_gone(&mut self, index: u32, now: Instant) -> bool {
+        let before = self.addrs.len();
+        if self.addrs.iter().any(|a| a.via != Some(index)) {
+            self.addrs.retain(|a| a.via != Some(index));
+        } else if before > 0 {
+            self.liveness.suspect(now);
         }
         self.addrs.len() != before
     }
@@ -422,5 +455,25 @@ mod tests {
         assert!(!p.heard_at("127.0.0.1:1".parse().unwrap(), None, t0));
         assert_eq!(p.primary(), Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(p.addrs.len(), 2);
+    }
+
+    #[test]
+    fn a_dual_stack_peer_lists_ipv4_first_whichever_address_was_heard_first() {
+        let now = Instant::now();
+        let mut p = Peer::new(1, vec![], None, [0; 16], now, Duration::from_secs(30));
+        let link_local: SocketAddr = "[fe80::2%3]:5000".parse().unwrap();
+        let routable: SocketAddr = "[fd00::2]:5000".parse().unwrap();
+        let v4: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let v4_other: SocketAddr = "10.1.0.2:5000".parse().unwrap();
+        for a in [link_local, routable, v4, v4_other] {
+            assert!(p.heard_at(a, Some(3), now));
+        }
+        let order: Vec<SocketAddr> = p.addrs.iter().map(|a| a.addr).collect();
+        assert_eq!(order, vec![v4, v4_other, routable, link_local]);
+        // Hearing them again in another order changes nothing.
+        for a in [v4_other, link_local, v4] {
+            assert!(!p.heard_at(a, Some(3), now));
+        }
+        assert_eq!(p.primary(), Some(v4));
     }
 }

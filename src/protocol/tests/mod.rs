@@ -26,10 +26,16 @@ fn addr(id: Id) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000 + id as u16))
 }
 
+mod links;
+
 /// Machines on a lossless virtual LAN; nothing is sent anywhere.
 struct Net {
     now: Instant,
     nodes: Vec<(Protocol, SocketAddr, Option<Instant>)>,
+    /// The interface each machine hears everything on (`None`: unsaid).
+    via: Vec<Option<u32>>,
+    /// Machines whose datagrams are lost, both ways (unplugged).
+    cut: Vec<bool>,
     queue: VecDeque<(usize, SocketAddr, Vec<u8>)>,
     /// Every change each machine reported.
     changes: Vec<Vec<Change>>,
@@ -42,6 +48,8 @@ impl Net {
         Net {
             now: Instant::now(),
             nodes: Vec::new(),
+            via: Vec::new(),
+            cut: Vec::new(),
             queue: VecDeque::new(),
             changes: Vec::new(),
             unicast: Vec::new(),
@@ -52,6 +60,8 @@ impl Net {
         let at = SocketAddr::from(([127, 0, 0, 1], config.reply_port));
         let p = Protocol::new(config, self.now).unwrap();
         self.nodes.push((p, at, None));
+        self.via.push(None);
+        self.cut.push(false);
         self.changes.push(Vec::new());
         let i = self.nodes.len() - 1;
         self.flush(i);
@@ -91,7 +101,12 @@ impl Net {
         loop {
             if let Some((to, from, bytes)) = self.queue.pop_front() {
                 let now = self.now;
-                let _ = self.nodes[to].0.handle_datagram(now, from, &bytes);
+                let sender = self.nodes.iter().position(|n| n.1 == from);
+                if self.cut[to] || sender.is_some_and(|s| self.cut[s]) {
+                    continue;
+                }
+                let via = self.via[to];
+                let _ = self.nodes[to].0.handle_datagram_via(now, from, via, &bytes);
                 self.flush(to);
                 continue;
             }

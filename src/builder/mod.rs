@@ -28,6 +28,11 @@ use crate::protocol::{Limits, Schedule};
 use crate::wire::seal::{Key, KeyRing, MIN_SECRET};
 use crate::wire::{Id, MAX_NAMESPACE};
 
+mod network;
+
+pub use network::{DEFAULT_GROUP_V6, Interface, MAX_SEEDS};
+pub(crate) use network::{NetOptions, Seed, parse_seed};
+
 /// The default discovery port. Not a well-known service port; it is in the
 /// IANA registered range and unassigned.
 pub const DEFAULT_PORT: u16 = 47806;
@@ -79,7 +84,7 @@ struct Options {
     port: u16,
     group: Ipv4Addr,
     namespace: String,
-    interfaces: Vec<Ipv4Addr>,
+    net: NetOptions,
     local_discovery: bool,
     multicast_ttl: u32,
     schedule: Schedule,
@@ -97,7 +102,7 @@ impl std::fmt::Debug for Options {
             .field("port", &self.port)
             .field("group", &self.group)
             .field("namespace", &self.namespace)
-            .field("interfaces", &self.interfaces)
+            .field("net", &self.net)
             .field("local_discovery", &self.local_discovery)
             .field("multicast_ttl", &self.multicast_ttl)
             .field("schedule", &self.schedule)
@@ -116,9 +121,11 @@ impl Default for ChartBuilder {
 }
 
 impl ChartBuilder {
-    /// A builder with the defaults: port [`DEFAULT_PORT`], group
-    /// [`DEFAULT_GROUP`], namespace [`DEFAULT_NAMESPACE`], the kernel's
-    /// choice of interface, no same-host discovery, multicast TTL 1 (one
+    /// A builder with the defaults: port [`DEFAULT_PORT`], groups
+    /// [`DEFAULT_GROUP`] and [`DEFAULT_GROUP_V6`], namespace
+    /// [`DEFAULT_NAMESPACE`], every usable interface with IPv4 and IPv6,
+    /// subnet broadcast while multicast is not heard, the discovery port as
+    /// reply port when free, no same-host discovery, multicast TTL 1 (one
     /// subnet), [`Schedule::default`].
     pub fn new() -> Self {
         ChartBuilder {
@@ -128,7 +135,7 @@ impl ChartBuilder {
                 port: DEFAULT_PORT,
                 group: DEFAULT_GROUP,
                 namespace: DEFAULT_NAMESPACE.to_owned(),
-                interfaces: Vec::new(),
+                net: NetOptions::default(),
                 local_discovery: false,
                 multicast_ttl: 1,
                 schedule: Schedule::default(),
@@ -224,23 +231,6 @@ impl<I, P> ChartBuilder<I, P> {
     /// Default `false`, as in instance-chart.
     pub fn local_discovery(mut self, on: bool) -> Self {
         self.options.local_discovery = on;
-        self
-    }
-
-    /// Adds an interface, by its IPv4 address, to join the group on and
-    /// announce from. Call it once per interface. Without it the kernel
-    /// picks the interface from its routing table.
-    pub fn with_interface(mut self, address: Ipv4Addr) -> Self {
-        if !self.options.interfaces.contains(&address) {
-            self.options.interfaces.push(address);
-        }
-        self
-    }
-
-    /// Uses the loopback interface only: only instances on this host are
-    /// found. Needs [`local_discovery(true)`](Self::local_discovery).
-    pub fn loopback_only(mut self) -> Self {
-        self.options.interfaces = vec![Ipv4Addr::LOCALHOST];
         self
     }
 
@@ -360,9 +350,10 @@ impl<P: Message> ChartBuilder<WithId, P> {
         o.schedule
             .validate()
             .map_err(|reason| BuildError::BadSchedule { reason })?;
-        if o.interfaces == [Ipv4Addr::LOCALHOST] && !o.local_discovery && o.lan {
+        if o.net.select.is_loopback_only() && !o.local_discovery && o.lan {
             return Err(BuildError::LoopbackWithoutLocalDiscovery);
         }
+        o.net.validate()?;
         #[cfg(feature = "etcd")]
         if let Some(etcd) = &o.etcd {
             etcd.validate().map_err(BuildError::Etcd)?;
@@ -395,7 +386,7 @@ impl<P: Message> ChartBuilder<WithId, P> {
             namespace: o.namespace,
             group: o.group,
             port: o.port,
-            interfaces: o.interfaces,
+            net: o.net,
             local_discovery: o.local_discovery,
             multicast_ttl: o.multicast_ttl,
             schedule: o.schedule,
