@@ -97,8 +97,8 @@ pub mod wire;
 
 pub use builder::{ChartBuilder, Interface};
 pub use chart::{
-    Address, Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message, Notify, Ports,
-    Subscription,
+    Address, AddressDetails, Chart, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Message,
+    Notify, PeerDetails, Ports, RawPayload, Subscription,
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
 pub use net::interfaces::{InterfaceAddr, InterfaceFlags, InterfaceInfo};

@@ -154,6 +154,38 @@ fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
     ));
 }
 
+#[tokio::test]
+async fn details_say_when_and_where_each_peer_was_heard_and_same_host_entries_prove_their_process()
+{
+    let port = 47928;
+    let a = builder(port, 1).with_service_port(1).finish().unwrap();
+    let b = builder(port, 2).with_service_port(2).finish().unwrap();
+    assert_eq!(a.details().await, None, "nothing runs yet");
+    let _da = discovery::spawn(&a).unwrap();
+    let _db = discovery::spawn(&b).unwrap();
+    timeout(BOUND, discovery::found_everyone(&a, 2))
+        .await
+        .unwrap();
+    let details = timeout(BOUND, a.details()).await.unwrap().unwrap();
+    let [peer] = &details[..] else {
+        panic!("{details:?}")
+    };
+    assert_eq!(peer.id, 2);
+    assert!(peer.same_host && peer.learned.lan);
+    assert!(peer.last_heard.unwrap() < BOUND);
+    assert_eq!(peer.addrs[0].address.ip, Ipv4Addr::LOCALHOST);
+    assert!(
+        peer.addrs[0].address.interface.is_some(),
+        "the interface it was heard on"
+    );
+    assert_eq!(peer.payload, postcard::to_allocvec(&2u16).unwrap());
+    // b runs in this very process: its entry names it, and the check says so.
+    let entry = a.get(2).unwrap();
+    assert!(entry.same_host());
+    let identity = entry.process_identity().unwrap();
+    assert_eq!(identity.pid, std::process::id());
+}
+
 /// Child side of the no-interface test, run in a network namespace of its
 /// own where only loopback is up: the state of a laptop before its network
 /// comes up. It starts discovery with the default interfaces, reports the

@@ -21,13 +21,19 @@ pub(crate) struct Requests {
     pub(crate) forget: Vec<Id>,
     /// New keys (`Some(None)`: none, open packets from now on).
     pub(crate) keys: Option<Option<KeyRing>>,
+    /// Someone waits for peer details.
+    pub(crate) details: bool,
 }
 
 impl Requests {
     /// Whether nothing is asked.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        !self.shutdown && self.payload.is_none() && self.forget.is_empty() && self.keys.is_none()
+        !self.shutdown
+            && self.payload.is_none()
+            && self.forget.is_empty()
+            && self.keys.is_none()
+            && !self.details
     }
 }
 
@@ -93,6 +99,13 @@ impl Control {
         if self.running.is_some() && !self.pending.forget.contains(&id) {
             self.pending.forget.push(id);
         }
+        self.running.is_some()
+    }
+
+    /// Asks the running driver for peer details. Returns whether one was
+    /// running.
+    pub(crate) fn details(&mut self) -> bool {
+        self.pending.details |= self.running.is_some();
         self.running.is_some()
     }
 

@@ -22,15 +22,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 mod control;
+mod details;
 mod event;
 mod notify;
 mod ports;
 
+pub use details::{AddressDetails, PeerDetails};
 pub use event::{Address, EVENT_CAPACITY, Entry, Event, Lagged, LeftReason, Subscription};
 pub use notify::Notify;
-pub use ports::{Message, Ports};
+pub use ports::{Message, Ports, RawPayload};
 
 pub(crate) use control::Requests;
+pub(crate) use details::snapshot;
 pub(crate) use ports::{encode_payload, payload_decodes};
 
 use crate::error::PayloadError;
@@ -81,6 +84,8 @@ pub(crate) struct Shared<M> {
     /// Wakes the driver when a request is pending. A permit is stored when
     /// the driver is not waiting, so no request is missed.
     pub(crate) wake: tokio::sync::Notify,
+    /// Where the driver answers [`Chart::details`].
+    details: details::DetailsSlot,
 }
 
 /// The shared map of discovered instances: id -> (ip, message).
@@ -140,6 +145,7 @@ impl<M: Message> Chart<M> {
                 stats: Mutex::new(Stats::default()),
                 status: watch::Sender::new(Status::default()),
                 wake: tokio::sync::Notify::new(),
+                details: watch::Sender::new(None),
             }),
         }
     }
@@ -474,6 +480,8 @@ impl<M: Message> Drop for RunGuard<M> {
             chart.remove(&mut view, id, LeftReason::Stopped);
         }
         drop(view);
+        // Whoever waits for details of this run gets none.
+        chart.publish_details(None);
         chart.update_status(|s| {
             s.running = false;
             s.joined = false;

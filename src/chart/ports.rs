@@ -8,8 +8,8 @@
 
 use std::net::SocketAddr;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::Chart;
 use crate::error::PayloadError;
@@ -74,13 +74,66 @@ impl<'de, const N: usize> serde::Deserialize<'de> for Ports<N> {
     }
 }
 
+/// The payload of an instance of any application, as it travels: for tools
+/// that watch cohorts whose message type they do not know (the `cohort`
+/// command-line tool).
+///
+/// A chart of `RawPayload` accepts every peer and hands its payload over
+/// undecoded, and announces the bytes it is given as they are (say, the
+/// postcard encoding of another application's message). Its `Serialize`
+/// and `Deserialize` (as a byte string) are for your own use; cohort never
+/// passes it through serde.
+///
+/// ```
+/// use cohort::RawPayload;
+/// // What `with_service_port(8042)` announces: a postcard varint.
+/// let chart = cohort::ChartBuilder::new()
+///     .with_random_id()
+///     .custom_msg(RawPayload(vec![0xea, 0x3e]))
+///     .finish()?;
+/// # Ok::<(), cohort::BuildError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RawPayload(pub Vec<u8>);
+
+impl Serialize for RawPayload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPayload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl serde::de::Visitor<'_> for BytesVisitor {
+            type Value = RawPayload;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawPayload, E> {
+                Ok(RawPayload(v.to_vec()))
+            }
+        }
+        deserializer.deserialize_bytes(BytesVisitor)
+    }
+}
+
+/// The message as a `RawPayload`, if it is one: a chart of raw payloads
+/// bypasses serde both ways.
+fn as_raw<M: 'static>(msg: &M) -> Option<&RawPayload> {
+    (msg as &dyn std::any::Any).downcast_ref::<RawPayload>()
+}
+
 /// Encodes a message and checks that an announcement carrying it fits in
 /// one datagram.
-pub(crate) fn encode_payload<M: Serialize>(
+pub(crate) fn encode_payload<M: Serialize + 'static>(
     namespace: &str,
     msg: &M,
 ) -> Result<Vec<u8>, PayloadError> {
-    let payload = postcard::to_allocvec(msg).map_err(PayloadError::Encode)?;
+    let payload = match as_raw(msg) {
+        Some(raw) => raw.0.clone(),
+        None => postcard::to_allocvec(msg).map_err(PayloadError::Encode)?,
+    };
     // The largest announcement it can ride in: every optional field set,
     // sealed, with the largest filter of known ids.
     let packet = wire::Packet {
@@ -119,6 +172,10 @@ pub(crate) fn encode_payload<M: Serialize>(
 /// Decodes a peer's payload strictly, like the packet decoder: the whole
 /// payload, nothing left over.
 pub(crate) fn decode_payload<M: Message>(payload: &[u8]) -> Option<M> {
+    if std::any::TypeId::of::<M>() == std::any::TypeId::of::<RawPayload>() {
+        let raw: Box<dyn std::any::Any> = Box::new(RawPayload(payload.to_vec()));
+        return raw.downcast::<M>().ok().map(|m| *m);
+    }
     match postcard::take_from_bytes::<M>(payload) {
         Ok((msg, [])) => Some(msg),
         _ => None,

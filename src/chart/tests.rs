@@ -178,3 +178,36 @@ async fn a_peer_that_joins_and_leaves_before_the_waiter_runs_was_still_found() {
         .expect("the join was missed")
         .unwrap();
 }
+
+#[test]
+fn a_chart_of_raw_payloads_takes_every_payload_as_it_travels_and_announces_bytes_as_given() {
+    let raw = ChartBuilder::new()
+        .with_id(0)
+        .custom_msg(RawPayload(vec![0xea, 0x3e]))
+        .finish()
+        .unwrap();
+    // What a `with_service_port(8042)` chart announces.
+    assert_eq!(raw.our_payload(), postcard::to_allocvec(&8042u16).unwrap());
+    let odd = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    assert!(payload_decodes::<RawPayload>(&odd), "anything is accepted");
+    assert!(!payload_decodes::<u16>(&odd));
+    raw.apply(Change::Joined(info(5, odd.clone())));
+    assert_eq!(raw.get_msg(5), Some(RawPayload(odd)));
+}
+
+#[tokio::test]
+async fn details_are_none_while_nothing_runs_and_end_with_the_run() {
+    let c = chart();
+    assert_eq!(c.details().await, None);
+    let guard = c.begin_run().unwrap();
+    let waiting = tokio::spawn({
+        let c = c.clone();
+        async move { c.details().await }
+    });
+    // The request reaches the (absent) driver; the run ends unanswered.
+    while !c.view().control.take().details {
+        tokio::task::yield_now().await;
+    }
+    drop(guard);
+    assert_eq!(waiting.await.unwrap(), None);
+}

@@ -419,6 +419,14 @@ impl<M: Message> Driver<M> {
         if let Some(keys) = requests.keys {
             self.protocol.set_keys(keys);
         }
+        if requests.details {
+            let ours = self.watches.ours();
+            self.chart.publish_details(Some(crate::chart::snapshot(
+                &self.protocol,
+                now,
+                ours.as_ref(),
+            )));
+        }
         if requests.shutdown {
             self.protocol.close(now);
         }

@@ -28,6 +28,11 @@ pub(crate) struct Watches {
 }
 
 impl Watches {
+    /// This process's tag.
+    pub(crate) fn ours(&self) -> Option<ProcessTag> {
+        self.ours
+    }
+
     pub(crate) fn new(ours: Option<ProcessTag>) -> Self {
         Watches {
             ours,
