@@ -101,7 +101,7 @@ pub use chart::{
     Notify, PeerDetails, Ports, RawPayload, Subscription,
 };
 pub use error::{BuildError, DiscoveryError, PayloadError};
-pub use net::interfaces::{InterfaceAddr, InterfaceFlags, InterfaceInfo};
+pub use net::interfaces::{InterfaceAddr, InterfaceFlags, InterfaceInfo, interfaces};
 pub use protocol::Schedule;
 pub use source::{Learned, Source};
 pub use status::{IoStats, Problem, SourceStats, Stats, Status};

@@ -94,6 +94,22 @@ impl InterfaceInfo {
     }
 }
 
+/// The host's network interfaces with their flags and addresses, as cohort
+/// sees them when it chooses where to listen (on Linux, read from the
+/// kernel over netlink; elsewhere, for now, an empty list). For
+/// diagnostics and for [`with_interface_filter`](crate::ChartBuilder::with_interface_filter)
+/// predicates you want to try first.
+///
+/// ```no_run
+/// for i in cohort::interfaces()? {
+///     println!("{} up={} multicast={} {:?}", i.name, i.flags.up, i.flags.multicast, i.addrs);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn interfaces() -> std::io::Result<Vec<InterfaceInfo>> {
+    scan()
+}
+
 /// Bounds on a dump, whatever the kernel (or something posing as it) says.
 const MAX_INTERFACES: usize = 1024;
 const MAX_ADDRS: usize = 4096;
